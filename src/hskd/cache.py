@@ -1,0 +1,357 @@
+"""KnowledgeCache: the teacher's selected knowledge, extracted once and read back by example id.
+
+Layout of a cache directory::
+
+    manifest.json     fingerprint, spec, layer pairs, shapes, dtypes, sha256 of every array
+    logits.npy        [rows, num_labels] float32
+    hidden.npy        [rows, pairs, tokens, width] float16   (if the spec has hidden states)
+    token_index.npy   [rows, pairs, tokens] int16, -1 where a slot is unfilled (padding)
+    dim_index.npy     [rows, pairs, tokens, width] int16     (magnitude width only)
+    dims.npy          [width] int64                          (uniform / random width)
+    attentions.npy    [rows, pairs, heads, tokens, max_seq_length] float16 (if asked)
+
+Writes go to ``DIR.partial`` and are renamed to ``DIR`` once complete and checksummed; an
+interrupted write resumes from the last flushed chunk. Under ``torchrun`` each rank writes a
+disjoint range of whole batches, so the result is identical to a one-process write. Readers
+check the fingerprint (naming the field that differs), each array's size and sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+
+from hskd.errors import HskdError
+from hskd.knowledge import WIDTH, Knowledge, KnowledgeSpec, extract, select_dims
+from hskd.tasks import sha256_file
+
+FORMAT = 1
+POSITIONAL = ("cls", "left", "all")  # length strategies whose token order is by position
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        torch.distributed.barrier()
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def partial_dir(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".partial")
+
+
+def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: KnowledgeSpec, pairs,
+                fingerprint: dict, sep_token_id: int | None, max_seq_length: int,
+                batch_size: int = 64, flush_every: int = 16, stop_after_batches: int | None = None,
+                progress: bool = True) -> dict:
+    """Run the teacher once over ``dataset`` (tokenized, with ``example_id`` = row number) and
+    store its selected knowledge. Resumes a ``DIR.partial`` left by an interrupted write.
+
+    Args:
+        flush_every: batches per chunk; progress is durable at chunk boundaries.
+        stop_after_batches: stop (raise ``KeyboardInterrupt``) after this many batches, to test
+            resumption.
+
+    Returns: the manifest.
+
+    Raises:
+        HskdError: a ``DIR.partial`` that belongs to a different fingerprint.
+    """
+    out_dir = Path(out_dir)
+    work = partial_dir(out_dir)
+    rank, world = _dist()
+    rows = len(dataset)
+    teacher.eval()
+    config = teacher.config
+    needs_att = spec.attentions or spec.length.startswith("attention")
+    d, heads, labels = config.hidden_size, config.num_attention_heads, config.num_labels
+    tokens = {"all": max_seq_length, "cls": 1}.get(spec.length, spec.tokens)
+    width = spec.kept_width(d) if spec.hidden else 0
+    shapes = {"logits": ((rows, labels), "float32")}
+    if spec.hidden or spec.attentions:
+        shapes["token_index"] = ((rows, len(pairs), tokens), "int16")
+    if spec.hidden:
+        shapes["hidden"] = ((rows, len(pairs), tokens, width), "float16")
+        if spec.width == "magnitude":
+            shapes["dim_index"] = ((rows, len(pairs), tokens, width), "int16")
+    if spec.attentions:
+        shapes["attentions"] = ((rows, len(pairs), heads, tokens, max_seq_length), "float16")
+    header = {"format": FORMAT, "fingerprint": fingerprint, "spec": spec.to_dict(),
+              "pairs": [list(p) for p in pairs], "rows": rows, "teacher_hidden": d,
+              "teacher_heads": heads, "teacher_layers": config.num_hidden_layers,
+              "num_labels": labels, "max_seq_length": max_seq_length,
+              "arrays": {k: {"shape": list(s), "dtype": t} for k, (s, t) in shapes.items()}}
+
+    if rank == 0:
+        work.mkdir(parents=True, exist_ok=True)
+        plan = work / "plan.json"
+        if plan.exists():
+            if json.loads(plan.read_text()) != header:
+                raise HskdError(f"{work} holds an interrupted cache of different settings; delete it "
+                                "or pass --overwrite")
+        else:
+            for name, (shape, dtype) in shapes.items():
+                open_memmap(work / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+            _atomic_json(plan, header)
+    _barrier()
+    arrays = {name: np.load(work / f"{name}.npy", mmap_mode="r+") for name in shapes}
+
+    n_batches = (rows + batch_size - 1) // batch_size
+    first, last = rank * n_batches // world, (rank + 1) * n_batches // world
+    progress_file = work / f"progress.rank{rank}of{world}.json"
+    done = json.loads(progress_file.read_text())["batches_done"] if progress_file.exists() else 0
+    start_time, seen = time.perf_counter(), 0
+    dims_saved = (work / "dims.npy").exists()
+    batch_ids = range(first + done, last)
+    iterator = batch_ids
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(batch_ids, desc="caching", initial=done, total=last - first)
+    for step, b in enumerate(iterator, start=done + 1):
+        lo, hi = b * batch_size, min(rows, (b + 1) * batch_size)
+        batch = collator([dataset[i] for i in range(lo, hi)])
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        with torch.inference_mode():
+            out = teacher(**inputs, output_hidden_states=spec.hidden, output_attentions=needs_att)
+            k = extract(spec, pairs, out, inputs, sep_token_id)
+        arrays["logits"][lo:hi] = k.logits.float().numpy()
+        if k.token_index is not None:
+            n = k.token_index.size(-1)
+            index = torch.where(k.token_mask, k.token_index, torch.full_like(k.token_index, -1))
+            arrays["token_index"][lo:hi] = -1
+            arrays["token_index"][lo:hi, :, :n] = index.numpy().astype(np.int16)
+        if k.hidden is not None:
+            arrays["hidden"][lo:hi] = 0
+            arrays["hidden"][lo:hi, :, :n] = k.hidden.numpy().astype(np.float16)
+            if spec.width == "magnitude":
+                arrays["dim_index"][lo:hi, :, :n] = k.dim_index.numpy().astype(np.int16)
+            elif k.dim_index is not None and not dims_saved and rank == 0:
+                np.save(work / "dims.npy", k.dim_index.numpy().astype(np.int64))
+                dims_saved = True
+        if k.attentions is not None:
+            arrays["attentions"][lo:hi] = 0
+            seq = k.attentions.size(-1)
+            arrays["attentions"][lo:hi, :, :, :n, :seq] = k.attentions.numpy().astype(np.float16)
+        seen += hi - lo
+        if step % flush_every == 0 or b == last - 1:
+            for arr in arrays.values():
+                arr.flush()
+            _atomic_json(progress_file, {"batches_done": step})
+        if stop_after_batches is not None and step >= stop_after_batches:
+            raise KeyboardInterrupt(f"stopped after {step} batches (test hook)")
+    seconds = time.perf_counter() - start_time
+    for arr in arrays.values():
+        arr.flush()
+    del arrays
+    _barrier()
+    manifest = dict(header)
+    if rank == 0:
+        manifest = _finalise(work, out_dir, header, dataset, spec, pairs)
+        manifest["extract_seconds"] = seconds
+        manifest["extract_examples_per_second"] = seen / seconds if seconds else None
+    _barrier()
+    return manifest
+
+
+def _finalise(work: Path, out_dir: Path, header: dict, dataset, spec: KnowledgeSpec, pairs) -> dict:
+    manifest = dict(header)
+    for name, info in manifest["arrays"].items():
+        info["sha256"] = sha256_file(work / f"{name}.npy")
+    if (work / "dims.npy").exists():
+        manifest["arrays"]["dims"] = {"shape": list(np.load(work / "dims.npy").shape), "dtype": "int64",
+                                      "sha256": sha256_file(work / "dims.npy")}
+    manifest.update(size_report(work, manifest, dataset))
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    _atomic_json(work / "manifest.json", manifest)
+    for f in work.glob("progress.*"):
+        f.unlink()
+    (work / "plan.json").unlink()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(work, out_dir)
+    return manifest
+
+
+def size_report(folder: Path, manifest: dict, dataset) -> dict:
+    """Cache size on disk and its fraction of the full HSK.
+
+    The full HSK is what TinyBERT distils for this student and data: every layer of the uniform
+    map (student depth + 1, embedding included), every real token, every dimension, in fp16.
+    ``hsk_fraction`` counts the hidden values actually kept (unfilled slots excluded) over the
+    full HSK's values; ``bytes_fraction`` compares whole files, indices included.
+    """
+    total = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".npy")
+    tokens = int(sum(dataset["length"]))
+    n_student = max(s for s, _ in manifest["pairs"]) if manifest["pairs"] else 0
+    full_values = (n_student + 1) * tokens * manifest["teacher_hidden"]
+    kept = 0
+    if "hidden" in manifest["arrays"]:
+        index = np.load(folder / "token_index.npy", mmap_mode="r")
+        kept = int((index >= 0).sum()) * manifest["arrays"]["hidden"]["shape"][-1]
+    return {"bytes": total, "megabytes": total / 2**20, "full_hsk_bytes": full_values * 2,
+            "full_hsk_megabytes": full_values * 2 / 2**20,
+            "hsk_fraction": kept / full_values if full_values else 0.0,
+            "bytes_fraction": total / (full_values * 2) if full_values else 0.0}
+
+
+class CacheReader:
+    """Reads a finished cache, memory-mapped; verifies it on open.
+
+    Raises (on open):
+        HskdError: not a finished cache (interrupted or truncated), an array whose size or
+            sha256 differs from the manifest (corrupted), or a fingerprint field that differs
+            from ``expect`` (named in the message).
+    """
+
+    def __init__(self, path: str | Path, expect: dict | None = None, verify: bool = True):
+        self.path = Path(path)
+        manifest_file = self.path / "manifest.json"
+        if not manifest_file.is_file():
+            hint = " (an interrupted write is in .partial: rerun hskd cache to resume)" \
+                if partial_dir(self.path).exists() else ""
+            raise HskdError(f"{self.path} is not a finished knowledge cache{hint}; build it with hskd cache")
+        self.manifest = json.loads(manifest_file.read_text())
+        for field, value in (expect or {}).items():
+            have = self.manifest["fingerprint"].get(field)
+            if have != value:
+                raise HskdError(f"cache {self.path} was built with a different {field} "
+                                f"({str(have)[:16]}… vs {str(value)[:16]}…); rebuild it with hskd cache")
+        self.arrays = {}
+        for name, info in self.manifest["arrays"].items():
+            file = self.path / f"{name}.npy"
+            try:
+                arr = np.load(file, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise HskdError(f"cache array {file} is truncated or unreadable ({exc}); rebuild the cache") from None
+            if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
+                raise HskdError(f"cache array {file} has shape {arr.shape}, expected {info['shape']}; rebuild the cache")
+            if verify and sha256_file(file) != info["sha256"]:
+                raise HskdError(f"cache array {file} is corrupted (sha256 differs); rebuild the cache")
+            self.arrays[name] = arr
+        self.spec = KnowledgeSpec.from_dict(self.manifest["spec"])
+        self.pairs = [tuple(p) for p in self.manifest["pairs"]]
+        self._plans: dict = {}
+
+    @property
+    def rows(self) -> int:
+        return self.manifest["rows"]
+
+    def plan(self, want: KnowledgeSpec, pairs) -> dict:
+        """How to serve ``want`` from this cache by slicing.
+
+        A cache serves a smaller budget of the same strategies: a subset of its layer pairs, a
+        prefix of its tokens (rank order for attention, position order for cls/left/all), and
+        a prefix (random, magnitude) or subset (uniform) of its dimensions; a cache with all
+        dimensions serves any width strategy by selecting on the stored values.
+
+        Raises:
+            HskdError: ``want`` needs knowledge this cache does not hold.
+        """
+        key = (json.dumps(want.to_dict(), sort_keys=True), tuple(pairs))
+        if key in self._plans:
+            return self._plans[key]
+        have = self.spec
+        where = f"cache {self.path} ({have.describe()})"
+        fix = "; build one at that budget with hskd cache"
+        if (want.hidden and not have.hidden) or (want.attentions and not have.attentions):
+            raise HskdError(f"{where} holds no {'hidden states' if want.hidden else 'attentions'}{fix}")
+        missing = [p for p in pairs if p not in self.pairs]
+        if missing:
+            raise HskdError(f"{where} lacks layer pairs {missing} (it has {self.pairs}){fix}")
+        plan = {"pairs": [self.pairs.index(p) for p in pairs]}
+        if want.hidden or want.attentions:
+            cached_k = self.arrays["token_index"].shape[-1]
+            same = want.length == have.length
+            positional = want.length in POSITIONAL and have.length in ("left", "all")
+            if not (same or positional) or (want.length == "all" and have.length != "all"):
+                raise HskdError(f"{where} cannot serve length strategy {want.length!r}{fix}")
+            want_k = {"all": cached_k, "cls": 1}.get(want.length, want.tokens)
+            if want_k > cached_k:
+                raise HskdError(f"{where} holds {cached_k} tokens, {want_k} asked{fix}")
+            plan["tokens"] = want_k
+            plan["trim"] = want.length == "all"
+        if want.hidden:
+            d = self.manifest["teacher_hidden"]
+            w = want.kept_width(d)
+            cached_w = self.arrays["hidden"].shape[-1]
+            if have.width == "all":
+                plan["width"] = ("all",) if want.width == "all" else ("select", w)
+            elif want.width == have.width and (want.width != "random" or want.seed == have.seed) and w <= cached_w:
+                if want.width == "uniform":
+                    dims = self.arrays["dims"]
+                    wanted = WIDTH["uniform"](torch.zeros(d), w, 0).numpy()
+                    pos = {int(v): i for i, v in enumerate(dims)}
+                    if any(int(v) not in pos for v in wanted):
+                        raise HskdError(f"{where}: uniform width {w} is not a subset of the cached {cached_w}{fix}")
+                    plan["width"] = ("positions", np.array([pos[int(v)] for v in wanted]), wanted)
+                else:
+                    plan["width"] = ("prefix", w)
+            else:
+                raise HskdError(f"{where} cannot serve width {want.width} at {want.width_fraction:g}{fix}")
+        self._plans[key] = plan
+        return plan
+
+    def read(self, ids: np.ndarray, want: KnowledgeSpec, pairs, seq_len: int, device=None) -> Knowledge:
+        """The knowledge of rows ``ids`` for spec ``want``, on ``device``.
+
+        Args:
+            ids: example ids ``[batch]`` (row numbers of the training set).
+            seq_len: the batch's padded length; positional "all" tokens are cut to it.
+        """
+        plan = self.plan(want, pairs)
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.rows):
+            raise HskdError(f"example id out of range for cache {self.path} ({self.rows} rows); "
+                            "the cache was built for other data")
+        k = Knowledge(logits=torch.from_numpy(np.ascontiguousarray(self.arrays["logits"][ids])))
+        if "tokens" in plan:
+            n = min(plan["tokens"], seq_len) if plan["trim"] else plan["tokens"]
+            p = plan["pairs"]
+            index = torch.from_numpy(self.arrays["token_index"][ids][:, p, :n].astype(np.int64))
+            k.token_mask = index >= 0
+            k.token_index = index.clamp_min(0)
+            if want.hidden:
+                values = torch.from_numpy(self.arrays["hidden"][ids][:, p, :n]).float()
+                mode = plan["width"]
+                if mode[0] == "all":
+                    k.hidden = values
+                elif mode[0] == "select":
+                    k.dim_index = WIDTH[want.width](values, mode[1], want.seed)
+                    k.hidden = select_dims(values, k.dim_index)
+                elif mode[0] == "positions":
+                    k.hidden = values[..., mode[1]]
+                    k.dim_index = torch.from_numpy(mode[2])
+                else:
+                    w = mode[1]
+                    k.hidden = values[..., :w]
+                    if "dim_index" in self.arrays:
+                        k.dim_index = torch.from_numpy(self.arrays["dim_index"][ids][:, p, :n, :w].astype(np.int64))
+                    else:
+                        k.dim_index = torch.from_numpy(np.asarray(self.arrays["dims"][:w]))
+            if want.attentions:
+                att = self.arrays["attentions"][ids][:, p, :, :n, :seq_len]
+                k.attentions = torch.from_numpy(att).float()
+        if device is not None:
+            for name in ("logits", "hidden", "token_index", "token_mask", "dim_index", "attentions"):
+                value = getattr(k, name)
+                if value is not None:
+                    setattr(k, name, value.to(device))
+        return k

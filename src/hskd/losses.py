@@ -1,0 +1,115 @@
+"""Distillation losses: pure functions, tensors in, scalar out.
+
+Each docstring gives the paper's equation and the reduction, so that published weights
+(alpha, beta, T) carry over.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_EPS = 1e-12
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on gold labels, or MSE for regression.
+
+    Args:
+        logits: ``[batch, num_labels]`` (``num_labels == 1`` means regression).
+        labels: ``[batch]`` class ids, or float targets for regression.
+    Returns: the mean over the batch.
+    """
+    if logits.size(-1) == 1:
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels)
+
+
+def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015), "Distilling the Knowledge in a Neural Network", Sec. 2:
+    ``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))``, mean over the batch.
+
+    The T² factor keeps the gradient scale of the soft term independent of T. For regression
+    (``num_labels == 1``) it is the MSE to the teacher's prediction instead, without T.
+
+    Args:
+        student_logits, teacher_logits: ``[batch, num_labels]``.
+    """
+    if student_logits.size(-1) == 1:
+        return F.mse_loss(student_logits, teacher_logits.to(student_logits.dtype))
+    t = temperature
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between selected hidden-state values, padding excluded.
+
+    TinyBERT (Jiao et al., 2020), Eq. 7, and MUD (Liu et al., 2021), Sec. 3: per layer pair,
+    the mean of ``(h_s W_h − h_t)²`` over the valid tokens and the selected dimensions; then the
+    sum over layer pairs.
+
+    Args:
+        student, teacher: ``[batch, pairs, tokens, width]`` (student already projected).
+        mask: ``[batch, pairs, tokens]``, true where the token is real (not padding or an
+            unfilled selection slot).
+    """
+    mask = mask.to(student.dtype)
+    sq = (student - teacher.to(student.dtype)).pow(2).sum(-1) * mask  # [batch, pairs, tokens]
+    count = mask.sum(dim=(0, 2)).clamp_min(1.0) * student.size(-1)  # [pairs]
+    return (sq.sum(dim=(0, 2)) / count).sum()
+
+
+def pkd_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor) -> torch.Tensor:
+    """Patient KD (Sun et al., EMNLP 2019), Eq. 4: MSE between L2-normalised [CLS] states.
+
+    ``mean over batch, pairs and hidden dims of (h_s/‖h_s‖ − h_t/‖h_t‖)²``. This is the
+    reduction of the authors' released code (``F.mse_loss`` with mean reduction, i.e. also the
+    mean over the hidden dimension), under which their β of 100-500 applies.
+
+    Args:
+        student_cls, teacher_cls: ``[batch, pairs, hidden]`` (student projected if needed).
+    """
+    s = F.normalize(student_cls.float(), p=2, dim=-1)
+    t = F.normalize(teacher_cls.float(), p=2, dim=-1)
+    return F.mse_loss(s, t)
+
+
+def cosine_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor) -> torch.Tensor:
+    """Aguilar et al. (AAAI 2020), Sec. 3.2: ``1 − cos(h_s, h_t)`` on [CLS] states, mean over the
+    batch, summed over layer pairs.
+
+    Args:
+        student_cls, teacher_cls: ``[batch, pairs, hidden]``.
+    """
+    cos = F.cosine_similarity(student_cls.float(), teacher_cls.float(), dim=-1)  # [batch, pairs]
+    return (1.0 - cos).mean(0).sum()
+
+
+def attention_kl(student_att: torch.Tensor, teacher_att: torch.Tensor,
+                 row_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Aguilar et al. (AAAI 2020), Sec. 3.1: KL(teacher ‖ student) between self-attention
+    distributions, per head and query row, on mapped layers.
+
+    Inputs are probabilities as Hugging Face returns them with ``output_attentions`` (already
+    softmaxed): we take their log and never softmax again. When head counts differ, heads are
+    averaged on both sides first. Padding rows are skipped, padding columns (keys) dropped.
+    Reduction: mean over valid rows, heads and batch; sum over layer pairs.
+
+    Args:
+        student_att: ``[batch, pairs, heads_s, rows, keys]``.
+        teacher_att: ``[batch, pairs, heads_t, rows, keys]``.
+        row_mask: ``[batch, pairs, rows]`` true for real query rows.
+        key_mask: ``[batch, keys]`` true for real key tokens.
+    """
+    s, t = student_att.float(), teacher_att.float()
+    if s.size(2) != t.size(2):
+        s, t = s.mean(2, keepdim=True), t.mean(2, keepdim=True)
+    keys = key_mask[:, None, None, None, :].to(t.dtype)
+    t = t * keys
+    kl = (t * (torch.log(t + _EPS) - torch.log(s + _EPS))).sum(-1)  # [batch, pairs, heads, rows]
+    rows = row_mask[:, :, None, :].to(kl.dtype)
+    per_pair = (kl * rows).sum(dim=(0, 2, 3)) / (rows.sum(dim=(0, 3)).squeeze(-1).clamp_min(1.0) * kl.size(2))
+    return per_pair.sum()

