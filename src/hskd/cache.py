@@ -345,7 +345,7 @@ class CacheReader:
                     if "dim_index" in self.arrays:
                         k.dim_index = torch.from_numpy(self.arrays["dim_index"][ids][:, p, :n, :w].astype(np.int64))
                     else:
-                        k.dim_index = torch.from_numpy(np.asarray(self.arrays["dims"][:w]))
+                        k.dim_index = torch.from_numpy(np.array(self.arrays["dims"][:w]))
             if want.attentions:
                 att = self.arrays["attentions"][ids][:, p, :, :n, :seq_len]
                 k.attentions = torch.from_numpy(att).float()

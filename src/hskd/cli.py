@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     existed = out is not None and Path(out).expanduser().exists()
     try:
         settings = _settings(args)
+        if settings.quiet:
+            _silence()
         out = settings.output_dir
         existed = out is not None and Path(out).expanduser().exists()
         return _dispatch(args, settings)
@@ -121,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(Path(out).expanduser(), ignore_errors=True)
         print(f"hskd: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _silence() -> None:
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
 
 def _dispatch(args, s) -> int:

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from transformers import set_seed
 
@@ -311,8 +312,10 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     fp = cache_fingerprint(data.task, data, tok, max_len, teacher_path)
     fp["spec"] = spec.to_dict()
     fp["student_layers"] = n_student
-    if s.overwrite:
+    if s.overwrite and is_main_process():
         shutil.rmtree(partial_dir(out), ignore_errors=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")  # each rank writes a disjoint range of rows
     ds = tokenize(data.train, tok, max_len)
     manifest = write_cache(out, teacher, ds, Collator(tok), spec, pairs, fp, tok.sep_token_id, max_len,
                            batch_size=s.eval_batch_size, stop_after_batches=stop_after_batches,
@@ -362,7 +365,7 @@ def evaluate_model(model_dir: str | Path, data: TaskData, s: Settings) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=s.eval_batch_size,
                                  report_to="none", disable_tqdm=True, label_names=["labels"],
-                                 remove_unused_columns=False)
+                                 remove_unused_columns=False, dataloader_pin_memory=False)
         trainer = Trainer(model=model, args=args, data_collator=Collator(tok))
         splits, speed = {}, []
         for name, ds in data.dev.items():

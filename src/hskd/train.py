@@ -150,6 +150,7 @@ def training_arguments(stage_dir: Path, stage: Stage, task: TaskSpec, s, select:
         label_names=["labels"],
         dataloader_drop_last=False,
         disable_tqdm=s.quiet,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         kwargs["ddp_backend"] = "gloo"
