@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from hskd.cache import CacheReader, write_cache
+from hskd.config import Settings
 from hskd.data import Collator, tokenize
 from hskd.errors import HskdError
 from hskd.knowledge import KnowledgeSpec, parse_budget
-from hskd.losses import hidden_mse
 from hskd.models import build_student, load_classifier, load_tokenizer
 from hskd.pipeline import load_data
-from hskd.config import Settings
 from hskd.recipes import Objective
 from hskd.train import CachedKnowledge, DistillationModel, OnlineTeacher
 from tests.conftest import TINY, run_cli

@@ -139,10 +139,10 @@ def _dispatch(args, s) -> int:
 
     if args.command == "finetune":
         rec = pipeline.finetune(s)
-        _print_eval(rec["eval"])
+        _print_eval(rec.get("eval"))
     elif args.command == "distill":
         rec = pipeline.distill(s)
-        _print_eval(rec["eval"])
+        _print_eval(rec.get("eval"))
     elif args.command == "evaluate":
         _print_eval(pipeline.evaluate(s, args.model))
     elif args.command == "cache":
@@ -156,8 +156,9 @@ def _dispatch(args, s) -> int:
     return 0
 
 
-def _print_eval(ev: dict) -> None:
-    print(json.dumps(ev, indent=2))
+def _print_eval(ev: dict | None) -> None:
+    if ev is not None:  # None on the non-zero ranks of torchrun
+        print(json.dumps(ev, indent=2))
 
 
 if __name__ == "__main__":

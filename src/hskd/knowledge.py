@@ -17,8 +17,8 @@ numbering. The self-attention that produced ``hidden_states[l]`` is ``attentions
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable
 
 import torch
 
@@ -235,7 +235,7 @@ class KnowledgeSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "KnowledgeSpec":
+    def from_dict(cls, data: dict) -> KnowledgeSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -256,6 +256,8 @@ class KnowledgeSpec:
             if not (0 <= s <= n_student and 0 <= t <= n_teacher):
                 raise HskdError(f"layer pair {s}:{t} is out of range for a {n_student}-layer student "
                                 f"and a {n_teacher}-layer teacher")
+        if self.attentions and self.depth != "list":
+            pairs = [p for p in pairs if p[0] > 0]  # the embedding output has no attention
         if self.layers is not None:
             if self.layers > len(pairs):
                 raise HskdError(f"{self.layers} layers asked, but the {self.depth} map has {len(pairs)}")

@@ -101,6 +101,8 @@ def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, r
     if not path:
         raise HskdError("give --output-dir")
     out = Path(path).expanduser()
+    if not is_main_process():  # under torchrun, rank 0 checks and writes the directory
+        return out, "resume" if s.resume else "new"
     if out.exists() and not out.is_dir():
         raise HskdError(f"--output-dir {out} is a file; give a directory")
     if not out.exists() or not any(out.iterdir()):
@@ -120,6 +122,8 @@ def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, r
 
 
 def start_output(out: Path, state: str, job: str, settings_fp: dict, s: Settings) -> None:
+    if not is_main_process():
+        return
     if state == "overwrite":
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -405,11 +409,13 @@ def run(s: Settings) -> dict:
         if json.loads(record.read_text()).get("settings") != fp:
             raise HskdError(f"{out} holds a different run; pass --resume to continue it or --overwrite "
                             "to replace it, or choose another --output-dir")
-    if s.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({"settings": fp, "status": "running"}, indent=2, default=str))
-    s.save(out / "config.yaml")
+    main = is_main_process()
+    if main:
+        if s.overwrite and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps({"settings": fp, "status": "running"}, indent=2, default=str))
+        s.save(out / "config.yaml")
     child = dict(overwrite=False, resume=True)
     start = time.perf_counter()
     teacher = _train_job(_copy(s, output_dir=str(out / "teacher"), recipe="finetune", **child), "finetune",
@@ -421,6 +427,8 @@ def run(s: Settings) -> dict:
                          "distill", backbone=s.student_model, layers=parse_layers(s.student_layers),
                          learning_rate=s.student_learning_rate, reuse=True)
     results = {"teacher": teacher, "student-finetune": baseline, "student": student}
+    if not main:
+        return {}
     metrics = write_run_report(out, results, s)
     (out / "run.json").write_text(json.dumps({"settings": fp, "status": "complete",
                                               "seconds": time.perf_counter() - start}, indent=2, default=str))

@@ -17,8 +17,8 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from hskd.data import MODEL_INPUTS
-from hskd.losses import task_loss
 from hskd.knowledge import Knowledge, KnowledgeSpec, extract, gather
+from hskd.losses import task_loss
 from hskd.models import Projection
 from hskd.recipes import Objective, Stage
 from hskd.tasks import TaskSpec, compute_metrics
@@ -135,7 +135,9 @@ def training_arguments(stage_dir: Path, stage: Stage, task: TaskSpec, s, select:
         lr_scheduler_type="linear",
         max_grad_norm=1.0,
         train_sampling_strategy="group_by_length",
-        eval_strategy="epoch" if has_dev else "no",
+        # with --save-steps, evaluate at the same steps: best-checkpoint selection needs both
+        eval_strategy=("steps" if s.save_steps else "epoch") if has_dev else "no",
+        eval_steps=s.save_steps,
         save_strategy="steps" if s.save_steps else "epoch",
         save_steps=s.save_steps or 500,
         save_total_limit=2,

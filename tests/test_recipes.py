@@ -1,0 +1,128 @@
+"""Every recipe end to end on tiny random-weight models, online and from a cache; stage plans;
+resume after a kill; and a run under torchrun."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from hskd.config import Settings
+from hskd.recipes import RECIPE_DEFAULTS, recipe_stages
+from tests.conftest import TINY, run_cli
+
+ONLINE = [
+    ("kd", []), ("tinybert", []), ("pkd-skip", []), ("pkd-last", []),
+    ("mud", ["--knowledge", "2l_4t_0.5h", "--hsk-epochs", "1"]),
+    ("ird", ["--ird-schedule", "all"]), ("ird", ["--ird-schedule", "progressive"]),
+    ("ird", ["--ird-schedule", "stacked"]),
+]
+
+
+def _distill(tmp_path, tiny_glue, tiny_teacher, student, recipe, extra, source):
+    out = tmp_path / f"{recipe}-{source[0].strip('-')}"
+    code = run_cli("distill", "--task", "SST-2", "--data-dir", tiny_glue, *source, "--student-model", student,
+                   "--student-layers", "2", "--recipe", recipe, "--output-dir", out, *TINY, *extra)
+    assert code == 0
+    record = json.loads((out / "hskd.json").read_text())
+    assert record["status"] == "complete" and record["recipe"] == recipe
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    return out, record
+
+
+@pytest.mark.parametrize("recipe, extra", ONLINE, ids=lambda v: v if isinstance(v, str) else "-".join(v[-1:]))
+def test_every_recipe_online(tmp_path, tiny_glue, tiny_teacher, tiny_narrow, recipe, extra):
+    out, record = _distill(tmp_path, tiny_glue, tiny_teacher, tiny_narrow, recipe, extra, ["--teacher", tiny_teacher])
+    losses = [key for stage in record["stages"] for key in stage]
+    assert record["eval"]["main_metric"] == "accuracy"
+    if recipe in ("tinybert", "mud"):
+        # a 16-wide student learns a 32-wide teacher through a learned projection, saved too
+        assert load_file(out / "projection.safetensors")["linear.weight"].shape == (32, 16)
+    assert losses
+
+
+@pytest.mark.parametrize("recipe, knowledge, extra", [
+    ("kd", "1l_1t", []), ("mud", "2l_4t_0.5h", ["--hsk-epochs", "1"]),
+    ("tinybert", None, []), ("pkd-skip", None, []), ("pkd-last", None, []), ("ird", None, ["--ird-schedule", "stacked"]),
+])
+def test_every_recipe_from_a_cache(tmp_path, tiny_glue, tiny_teacher, tiny_narrow, recipe, knowledge, extra):
+    cache = tmp_path / "cache"
+    spec = ["--knowledge", knowledge] if knowledge else ["--recipe", recipe]
+    assert run_cli("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--quiet",
+                   "--output-dir", cache, "--student-layers", "2", *spec) == 0
+    extra = extra + (["--knowledge", knowledge] if knowledge and recipe == "mud" else [])
+    _, record = _distill(tmp_path, tiny_glue, tiny_teacher, tiny_narrow, recipe, extra, ["--cache", cache])
+    assert record["cache"] == str(cache) and record["cache_megabytes"] > 0
+
+
+def test_ird_schedules_switch_layers_at_the_planned_epochs():
+    s = Settings(**{**RECIPE_DEFAULTS["ird"], "stage_epochs": 2, "num_train_epochs": 3, "ird_schedule": "progressive"})
+    stages = recipe_stages("ird", s, n_pairs=3)
+    assert [(st.name, st.epochs, st.objective.active_pairs) for st in stages] == [
+        ("layer1", 2, [0]), ("layer2", 2, [1]), ("layer3", 2, [2]), ("prediction", 3, None)]
+    assert stages[-1].objective.kd == 0.5 and stages[-1].objective.hidden == 0
+    s.ird_schedule = "stacked"
+    assert [st.objective.active_pairs for st in recipe_stages("ird", s, 3)][:3] == [[0], [0, 1], [0, 1, 2]]
+    s.ird_schedule = "all"
+    assert [st.objective.active_pairs for st in recipe_stages("ird", s, 3)] == [None, None]
+
+
+def test_progressive_run_trains_each_stage_for_its_epochs(tmp_path, tiny_glue, tiny_teacher, tiny_narrow):
+    _, record = _distill(tmp_path, tiny_glue, tiny_teacher, tiny_narrow, "ird",
+                         ["--ird-schedule", "progressive", "--stage-epochs", "2"], ["--teacher", tiny_teacher])
+    # 16 rows, batch 8: 2 steps an epoch
+    assert [(r["stage"], r["global_step"]) for r in record["stages"]] == [
+        ("layer1", 4), ("layer2", 4), ("prediction", 2)]
+
+
+class _Kill(TrainerCallback):
+    """Simulates a kill right after the checkpoint at ``step`` is written."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt("killed")
+
+
+def test_resume_reaches_the_planned_step_count_and_the_same_weights(tmp_path, tiny_glue, tiny_teacher, tiny_narrow):
+    from hskd.pipeline import distill
+
+    def settings(out, **kw):
+        return Settings(task="SST-2", data_dir=str(tiny_glue), teacher=str(tiny_teacher), student_model=str(tiny_narrow),
+                        student_layers="2", recipe="tinybert", output_dir=str(out), num_train_epochs=3,
+                        batch_size=4, save_steps=3, quiet=True, **RECIPE_DEFAULTS["tinybert"], **kw)
+
+    whole = distill(settings(tmp_path / "whole"))
+    killed = settings(tmp_path / "killed")
+    killed.callbacks = [_Kill(6)]
+    with pytest.raises(KeyboardInterrupt):
+        distill(killed)
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    resumed = distill(settings(tmp_path / "killed", resume=True))
+    assert resumed["stages"][0]["global_step"] == whole["stages"][0]["global_step"] == 12
+    a = load_file(tmp_path / "whole" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.slow
+def test_distill_under_torchrun_two_processes(tmp_path, tiny_glue, tiny_teacher, tiny_narrow):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "hskd.cli", "distill",
+           "--task", "SST-2", "--data-dir", str(tiny_glue), "--teacher", str(tiny_teacher),
+           "--student-model", str(tiny_narrow), "--student-layers", "2", "--recipe", "tinybert",
+           "--output-dir", str(out), "--num-train-epochs", "2", "--batch-size", "4", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "hskd.json").read_text())
+    # 16 rows, 2 processes x 4 per batch: 2 steps an epoch, 4 in all
+    assert record["stages"][0]["global_step"] == 4
+    assert (out / "model.safetensors").exists()
