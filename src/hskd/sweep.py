@@ -1,0 +1,176 @@
+"""The marginal-utility sweep (MUD, Liu et al. 2021, Fig. 2-4): one cache at the largest budget,
+one student per grid point trained from slices of it, and the dev metric against the fraction
+of HSK, one panel per dimension (depth, length, width) and one for joint compression."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from hskd.cache import CacheReader
+from hskd.config import Settings
+from hskd.errors import HskdError
+from hskd.knowledge import KnowledgeSpec
+
+FIELDS = ["panel", "point", "layers", "tokens", "width", "hsk_fraction", "cache_bytes", "metric", "value",
+          "train_seconds", "train_examples_per_second"]
+
+
+@dataclass(frozen=True)
+class Point:
+    panel: str
+    layers: int
+    tokens: int | None  # None: all tokens
+    width: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.layers}l_{self.tokens if self.tokens else 'all'}t_{self.width:g}h"
+
+
+def _values(text: str, kind) -> list:
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            out.append(None if part == "all" else kind(part))
+        except ValueError:
+            raise HskdError(f"bad sweep value {part!r}: give numbers separated by commas (or 'all')") from None
+    return out
+
+
+def grid(depth: str, length: str, width: str, n_student: int, full: bool = False) -> list[Point]:
+    """Grid points. By default: each dimension compressed alone (the others full), then joint
+    compression along the three lists together (the i-th values of each, the last repeated);
+    ``full`` gives the whole cross product as joint points.
+
+    Raises:
+        HskdError: a depth beyond the student's layers + 1, or a width outside (0, 1].
+    """
+    depths = [d or n_student + 1 for d in _values(depth, int)]
+    lengths = _values(length, int)
+    widths = [w or 1.0 for w in _values(width, float)]
+    if any(d < 1 or d > n_student + 1 for d in depths):
+        raise HskdError(f"--depth values must be in 1..{n_student + 1} for a {n_student}-layer student")
+    if any(not 0 < w <= 1 for w in widths):
+        raise HskdError("--width values must be fractions in (0, 1]")
+    top = n_student + 1
+    points = [Point("depth", d, None, 1.0) for d in depths]
+    points += [Point("length", top, t, 1.0) for t in lengths]
+    points += [Point("width", top, None, w) for w in widths]
+    if full:
+        points += [Point("joint", d, t, w) for d in depths for t in lengths for w in widths]
+    else:
+        n = max(len(depths), len(lengths), len(widths))
+        pick = lambda xs, i: xs[min(i, len(xs) - 1)]  # noqa: E731
+        points += [Point("joint", pick(sorted(depths), i), pick(sorted(lengths, key=lambda t: t or 10**9), i),
+                         pick(sorted(widths), i)) for i in range(n)]
+    seen, unique = set(), []
+    for p in points:
+        if (p.panel, p.name) not in seen:
+            seen.add((p.panel, p.name))
+            unique.append(p)
+    return unique
+
+
+def point_spec(p: Point, s: Settings, max_len: int) -> KnowledgeSpec:
+    length = s.length_strategy or "attention"
+    return KnowledgeSpec(logits=True, hidden=True, depth=s.depth_strategy or "uniform", layers=p.layers,
+                         t_top=s.t_top, length=length if p.tokens or length.startswith("attention") else "all",
+                         tokens=p.tokens or (max_len if length != "all" else None),
+                         width=(s.width_strategy or "uniform") if p.width < 1 else "all",
+                         width_fraction=p.width, seed=s.width_seed)
+
+
+def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool = False) -> list[dict]:
+    """Extract one cache at the largest budget, train a student per point, write
+    ``results.csv`` and ``marginal_utility.png``. Finished points are kept and skipped."""
+    from hskd import pipeline
+
+    if not s.teacher or not s.output_dir:
+        raise HskdError("hskd sweep needs --teacher DIR and --output-dir DIR")
+    out = Path(s.output_dir).expanduser()
+    n_student = pipeline._student_depth(s)
+    points = grid(depth, length, width, n_student, full_grid)
+    data = pipeline.load_data(s)
+    max_len = pipeline.max_length(s, data)
+    largest = max(p.layers for p in points)
+    length_strategy = s.length_strategy or "attention"
+    big = KnowledgeSpec(logits=True, hidden=True, depth=s.depth_strategy or "uniform", layers=largest, t_top=s.t_top,
+                        length=length_strategy, tokens=max_len if length_strategy != "all" else None, width="all")
+    cache_dir = out / "cache"
+    out.mkdir(parents=True, exist_ok=True)
+    if not (cache_dir / "manifest.json").exists():
+        pipeline.make_cache(pipeline._copy(s, output_dir=str(cache_dir), knowledge=big.to_dict(), overwrite=False))
+    reader = CacheReader(cache_dir)
+    baseline = pipeline._train_job(pipeline._copy(s, output_dir=str(out / "student-finetune"), recipe="finetune",
+                                                  resume=True), "finetune", backbone=s.student_model,
+                                   layers=pipeline.parse_layers(s.student_layers),
+                                   learning_rate=s.student_learning_rate, reuse=True)
+    teacher_record = json.loads((Path(s.teacher) / pipeline.RECORD).read_text()) \
+        if (Path(s.teacher) / pipeline.RECORD).exists() else None
+    teacher_eval = teacher_record["eval"] if teacher_record else pipeline.evaluate(s, s.teacher)
+    rows = []
+    for p in points:
+        spec = point_spec(p, s, max_len)
+        pairs = spec.layer_pairs(n_student, reader.manifest["teacher_layers"])
+        child = pipeline._copy(s, output_dir=str(out / "points" / p.name), cache=str(cache_dir),
+                               knowledge=spec.to_dict(), recipe=s.recipe or "mud", resume=True)
+        record = pipeline._train_job(child, "distill", backbone=s.student_model,
+                                     layers=pipeline.parse_layers(s.student_layers),
+                                     learning_rate=s.student_learning_rate, reuse=True)
+        fraction = reader.hsk_fraction(spec, pairs)
+        rows.append({"panel": p.panel, "point": p.name, "layers": p.layers, "tokens": p.tokens or "all",
+                     "width": p.width, "hsk_fraction": fraction,
+                     "cache_bytes": int(round(fraction * reader.manifest["full_hsk_bytes"])),
+                     "metric": record["eval"]["main_metric"], "value": record["eval"]["main_value"],
+                     "train_seconds": record["train_seconds"],
+                     "train_examples_per_second": record["train_examples_per_second"]})
+        _write_csv(out / "results.csv", rows)
+    refs = {"teacher": teacher_eval["main_value"], "student-finetune": baseline["eval"]["main_value"]}
+    plot(rows, refs, out / "marginal_utility.png", title=f"{data.task.name}: dev {rows[0]['metric']} vs HSK")
+    (out / "references.json").write_text(json.dumps(refs, indent=2))
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def plot(rows: list[dict], refs: dict, path: Path, title: str) -> None:
+    """Dev metric against the fraction of HSK (log x), one panel per dimension and one joint,
+    with the teacher and student-finetune as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["depth", "length", "width", "joint"]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharey=True)
+    for ax, panel in zip(axes, panels):
+        pts = sorted((r for r in rows if r["panel"] == panel), key=lambda r: r["hsk_fraction"])
+        if pts:
+            xs = [max(r["hsk_fraction"], 1e-6) * 100 for r in pts]
+            ys = [r["value"] * 100 for r in pts]
+            ax.plot(xs, ys, "o-", color="tab:blue", label="distilled student")
+            for x, y, r in zip(xs, ys, pts):
+                ax.annotate(r["point"], (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+        ax.axhline(refs["teacher"] * 100, color="tab:green", ls="--", label="teacher")
+        ax.axhline(refs["student-finetune"] * 100, color="tab:red", ls=":", label="student-finetune")
+        ax.set_xscale("log")
+        ax.set_xlabel("HSK distilled (% of full, log scale)")
+        ax.set_title(f"{panel} compression")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"dev {rows[0]['metric'] if rows else 'metric'} (%)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
