@@ -68,20 +68,16 @@ def test_left_masks_past_the_end_and_cls_is_position_zero():
 
 
 def _attention(rows):
-    """[batch, pairs=1, heads=2, seq, seq] whose [CLS] row, head-averaged, is ``rows``."""
-    rows = torch.tensor(rows, dtype=torch.float)
-    b, seq = rows.shape
-    att = torch.zeros(b, 1, 2, seq, seq)
-    att[:, 0, 0, 0] = rows * 2  # head 0 carries everything, head 1 nothing: mean = rows
-    return att
+    """[batch, pairs=1, seq]: the head-averaged [CLS] attention row."""
+    return torch.tensor(rows, dtype=torch.float)[:, None, :]
 
 
 def test_attention_ranks_cls_row_and_never_picks_padding():
     mask = torch.tensor([[1, 1, 1, 1, 0]])
     att = _attention([[0.1, 0.4, 0.2, 0.3, 0.9]])  # the padding position has the largest score
-    index, valid = LENGTH["attention"](attention_mask=mask, k=3, pairs=1, teacher_attentions=att)
+    index, valid = LENGTH["attention"](attention_mask=mask, k=3, pairs=1, cls_attention=att)
     assert index.tolist() == [[[1, 3, 2]]] and valid.all()
-    index, valid = LENGTH["attention"](attention_mask=mask, k=5, pairs=1, teacher_attentions=att)
+    index, valid = LENGTH["attention"](attention_mask=mask, k=5, pairs=1, cls_attention=att)
     assert index[0, 0, :4].tolist() == [1, 3, 2, 0]
     assert valid.tolist() == [[[True, True, True, True, False]]]
 
@@ -91,7 +87,7 @@ def test_attention_no_sep_uses_tokenizer_sep_id_per_example():
     ids = torch.tensor([[2, 5, sep, 6, sep], [2, sep, 5, 5, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
     att = _attention([[0.1, 0.2, 0.9, 0.3, 0.8], [0.1, 0.9, 0.3, 0.2, 0.0]])
-    index, valid = LENGTH["attention-no-sep"](attention_mask=mask, k=3, pairs=1, teacher_attentions=att,
+    index, valid = LENGTH["attention-no-sep"](attention_mask=mask, k=3, pairs=1, cls_attention=att,
                                               input_ids=ids, sep_token_id=sep)
     assert index[0, 0].tolist() == [3, 1, 0]  # both [SEP]s skipped in the pair example
     assert index[1, 0].tolist() == [2, 3, 0]  # one [SEP] in the other
@@ -148,3 +144,22 @@ def test_gather_matches_extract_for_the_same_model():
             assert torch.allclose(s_hidden * k.token_mask[..., None], k.hidden), (length, width)
             if spec.attentions:
                 assert torch.allclose(s_att, k.attentions)
+
+
+def test_cls_attention_from_hidden_states_equals_eager_attention():
+    from transformers import BertConfig, BertModel
+
+    from hskd.models import cls_attention
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=32, attn_implementation="eager")
+    model = BertModel(config).eval()
+    ids = torch.randint(5, 50, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        rows = cls_attention(model, out.hidden_states, mask, [0, 2])
+    expected = torch.stack([out.attentions[0], out.attentions[2]], 1).mean(2)[:, :, 0, :]
+    assert torch.allclose(rows, expected, atol=1e-6)
+    assert rows[1, :, 5:].abs().max() < 1e-6  # padding gets no attention

@@ -29,6 +29,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hskd.errors import HskdError
+from hskd.models import needs_eager_attention
 from hskd.knowledge import WIDTH, Knowledge, KnowledgeSpec, extract, select_dims
 from hskd.tasks import sha256_file
 
@@ -80,7 +81,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     rows = len(dataset)
     teacher.eval()
     config = teacher.config
-    needs_att = spec.attentions or spec.length.startswith("attention")
+    needs_att = needs_eager_attention(spec, teacher.config)
     d, heads, labels = config.hidden_size, config.num_attention_heads, config.num_labels
     tokens = {"all": max_seq_length, "cls": 1}.get(spec.length, spec.tokens)
     width = spec.kept_width(d) if spec.hidden else 0
@@ -131,7 +132,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         with torch.inference_mode():
             out = teacher(**inputs, output_hidden_states=spec.hidden, output_attentions=needs_att)
-            k = extract(spec, pairs, out, inputs, sep_token_id)
+            k = extract(spec, pairs, out, inputs, sep_token_id, teacher=teacher)
         arrays["logits"][lo:hi] = k.logits.float().numpy()
         if k.token_index is not None:
             n = k.token_index.size(-1)

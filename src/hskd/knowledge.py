@@ -95,8 +95,8 @@ def length_left(attention_mask, k, pairs, **_):
     return index.clamp(max=attention_mask.size(1) - 1), mask
 
 
-def _attention_ranked(attention_mask, k, pairs, teacher_attentions, exclude=None):
-    scores = teacher_attentions.mean(2)[:, :, 0, :].float()  # [batch, pairs, seq]: [CLS] row
+def _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=None):
+    scores = cls_attention.float()  # [batch, pairs, seq]: head-averaged [CLS] row
     invalid = ~attention_mask.bool()
     if exclude is not None:
         invalid = invalid | exclude
@@ -115,27 +115,28 @@ def _attention_ranked(attention_mask, k, pairs, teacher_attentions, exclude=None
 
 
 @_register(LENGTH, "attention")
-def length_attention(attention_mask, k, pairs, teacher_attentions=None, **_):
+def length_attention(attention_mask, k, pairs, cls_attention=None, **_):
     """MUD Sec. 4.2, attention-based: per example and layer pair, the top-k tokens by the
-    teacher's attention from the [CLS] query, averaged over heads. The attention used is that
-    of the teacher layer that produced the distilled hidden state (the embedding slot uses
-    layer 1's). Indices come in rank order, so a prefix is the top-k' for any k' < k. Padding
-    is never chosen; ties go to the earlier position."""
-    if teacher_attentions is None:
+    teacher's attention from the [CLS] query, averaged over heads (``cls_attention``
+    ``[batch, pairs, seq]``). The attention used is that of the teacher layer that produced the
+    distilled hidden state (the embedding slot uses layer 1's). Indices come in rank order, so a
+    prefix is the top-k' for any k' < k. Padding is never chosen; ties go to the earlier
+    position. (The authors rank pre-softmax scores averaged over heads; we average the
+    probabilities, as Hugging Face returns them.)"""
+    if cls_attention is None:
         raise HskdError("the attention length strategy needs the teacher's attentions")
-    return _attention_ranked(attention_mask, k, pairs, teacher_attentions)
+    return _attention_ranked(attention_mask, k, pairs, cls_attention)
 
 
 @_register(LENGTH, "attention-no-sep")
-def length_attention_no_sep(attention_mask, k, pairs, teacher_attentions=None, input_ids=None,
+def length_attention_no_sep(attention_mask, k, pairs, cls_attention=None, input_ids=None,
                             sep_token_id=None, **_):
     """As ``attention``, with separator tokens excluded. The separator id comes from the
     tokenizer, and separators are found per example (one for single sentences, two for pairs),
     unlike the authors' code, which counts them in the batch's first example and hard-codes 102."""
-    if teacher_attentions is None or sep_token_id is None:
+    if cls_attention is None or sep_token_id is None:
         raise HskdError("attention-no-sep needs the teacher's attentions and the tokenizer's [SEP] id")
-    return _attention_ranked(attention_mask, k, pairs, teacher_attentions,
-                             exclude=input_ids == sep_token_id)
+    return _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=input_ids == sep_token_id)
 
 
 # ----------------------------------------------------------------------------------- width
@@ -337,7 +338,7 @@ def _take_tokens(states: torch.Tensor, token_index: torch.Tensor) -> torch.Tenso
 
 
 def extract(spec: KnowledgeSpec, pairs: list[tuple[int, int]], teacher_outputs, batch: dict,
-            sep_token_id: int | None = None) -> Knowledge:
+            sep_token_id: int | None = None, teacher=None) -> Knowledge:
     """Select the teacher's knowledge for a batch.
 
     Args:
@@ -346,17 +347,29 @@ def extract(spec: KnowledgeSpec, pairs: list[tuple[int, int]], teacher_outputs, 
             ``[batch, seq, hidden]``, embedding first) / ``attentions`` (``[batch, heads, seq,
             seq]`` probabilities) when the spec needs them.
         batch: with ``input_ids`` and ``attention_mask`` ``[batch, seq]``.
+        teacher: the teacher model; for the attention length strategies its [CLS] attention
+            rows are then computed from the hidden states (:func:`hskd.models.cls_attention`),
+            so the teacher can run with fast (SDPA) attention that returns no attentions.
     """
     knowledge = Knowledge(logits=teacher_outputs.logits.detach() if spec.logits else None)
     if not (spec.hidden or spec.attentions):
         return knowledge
     mask = batch["attention_mask"]
-    teacher_att = None
-    if spec.length.startswith("attention") or spec.attentions:
-        att = teacher_outputs.attentions
-        teacher_att = _stack_layers(att, [max(t - 1, 0) for _, t in pairs])  # [b, p, h, seq, seq]
+    att_layers = [max(t - 1, 0) for _, t in pairs]
+    teacher_att = cls_rows = None
+    if spec.attentions:
+        teacher_att = _stack_layers(teacher_outputs.attentions, att_layers)  # [b, p, h, seq, seq]
+    if spec.length.startswith("attention"):
+        if teacher is not None and teacher_outputs.hidden_states is not None:
+            from hskd.models import cls_attention
+
+            cls_rows = cls_attention(teacher, teacher_outputs.hidden_states, mask, att_layers)
+        if cls_rows is None:
+            if teacher_att is None:
+                teacher_att = _stack_layers(teacher_outputs.attentions, att_layers)
+            cls_rows = teacher_att.mean(2)[:, :, 0, :]
     index, token_mask = LENGTH[spec.length](
-        attention_mask=mask, k=spec.tokens, pairs=len(pairs), teacher_attentions=teacher_att,
+        attention_mask=mask, k=spec.tokens, pairs=len(pairs), cls_attention=cls_rows,
         input_ids=batch["input_ids"], sep_token_id=sep_token_id)
     knowledge.token_index, knowledge.token_mask = index, token_mask
     if spec.hidden:

@@ -194,3 +194,44 @@ class Projection(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())
+
+
+def supports_cls_attention(config) -> bool:
+    """Whether :func:`cls_attention` can compute this architecture's attention rows: BERT-style
+    self-attention with absolute positions (no relative-position term in the scores)."""
+    return config.model_type == "bert" and getattr(config, "position_embedding_type", "absolute") == "absolute"
+
+
+def needs_eager_attention(spec, config) -> bool:
+    """Whether a teacher must return attention maps (eager attention, slower than SDPA)."""
+    return spec.attentions or (spec.length.startswith("attention") and not supports_cls_attention(config))
+
+
+def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: list[int]) -> torch.Tensor | None:
+    """The [CLS] query's attention over keys, averaged over heads, recomputed from each layer's
+    input: ``softmax(q_cls·Kᵀ·d_head^-1/2 + mask)``, exactly what eager attention returns in row 0,
+    at the cost of one query row. Lets a teacher run with SDPA, which returns no attentions.
+
+    Args:
+        hidden_states: the model's ``hidden_states`` tuple; layer j's input is ``[j]``.
+        attention_mask: ``[batch, seq]``.
+        layers: 0-based attention layers.
+
+    Returns: ``[batch, len(layers), seq]``, or ``None`` when the architecture is not supported.
+    """
+    if not supports_cls_attention(model.config):
+        return None
+    blocks = model.base_model.encoder.layer
+    keep = attention_mask.bool()[:, None, :]
+    rows = []
+    for j in layers:
+        att = blocks[j].attention.self
+        x = hidden_states[j]
+        b, seq, _ = x.shape
+        heads, size = att.num_attention_heads, att.attention_head_size
+        q = att.query(x[:, :1]).view(b, 1, heads, size).transpose(1, 2)  # [b, h, 1, d]
+        k = att.key(x).view(b, seq, heads, size).transpose(1, 2)  # [b, h, seq, d]
+        scores = (q @ k.transpose(-1, -2)).squeeze(2) * att.scaling  # [b, h, seq]
+        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+        rows.append(scores.softmax(-1).mean(1))
+    return torch.stack(rows, 1)

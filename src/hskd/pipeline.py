@@ -198,9 +198,9 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     elif spec is not None:
         if not s.teacher:
             raise HskdError("give --teacher DIR (a fine-tuned model) or --cache DIR")
-        needs_att = spec.attentions or spec.length.startswith("attention")
         teacher_path = models.resolve_model(s.teacher)
-        teacher = models.load_classifier(teacher_path, _probe_task(s, teacher_path), attentions=needs_att)
+        teacher = models.load_classifier(teacher_path, _probe_task(s, teacher_path),
+                                         attentions=_needs_eager(spec, teacher_path))
     data = load_data(s, labels_from_model=teacher)
     task = data.task
     if teacher is not None:
@@ -269,6 +269,12 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     return record
 
 
+def _needs_eager(spec, model_path: str) -> bool:
+    from transformers import AutoConfig
+
+    return models.needs_eager_attention(spec, AutoConfig.from_pretrained(model_path))
+
+
 def _probe_task(s: Settings, teacher_path: str):
     """The task spec to load the teacher with (custom tasks take the teacher's own labels)."""
     if s.train_file:
@@ -305,8 +311,8 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
         raise HskdError(f"{out} holds other files; choose another --output-dir")
     teacher_path = models.resolve_model(s.teacher)
-    needs_att = spec.attentions or spec.length.startswith("attention")
-    teacher = models.load_classifier(teacher_path, _probe_task(s, teacher_path), attentions=needs_att)
+    teacher = models.load_classifier(teacher_path, _probe_task(s, teacher_path),
+                                     attentions=_needs_eager(spec, teacher_path))
     data = load_data(s, labels_from_model=teacher)
     models.check_labels(teacher, data.task, "teacher")
     tok = models.load_tokenizer(teacher_path)

@@ -19,7 +19,7 @@ from transformers import Trainer, TrainingArguments
 from hskd.data import MODEL_INPUTS
 from hskd.knowledge import Knowledge, KnowledgeSpec, extract, gather
 from hskd.losses import task_loss
-from hskd.models import Projection
+from hskd.models import Projection, needs_eager_attention
 from hskd.recipes import Objective, Stage
 from hskd.tasks import TaskSpec, compute_metrics
 
@@ -55,7 +55,7 @@ class OnlineTeacher:
         self.teacher, self.spec, self.pairs, self.sep = teacher.eval(), spec, pairs, sep_token_id
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.needs_attentions = spec.attentions or spec.length.startswith("attention")
+        self.needs_attentions = needs_eager_attention(spec, teacher.config)
 
     @torch.no_grad()
     def __call__(self, inputs: dict, example_ids: torch.Tensor) -> Knowledge:
@@ -65,7 +65,7 @@ class OnlineTeacher:
         self.teacher.eval()  # dropout off, whatever the trainer did to other modules
         out = self.teacher(**inputs, output_hidden_states=self.spec.hidden,
                            output_attentions=self.needs_attentions)
-        return extract(self.spec, self.pairs, out, inputs, self.sep)
+        return extract(self.spec, self.pairs, out, inputs, self.sep, teacher=self.teacher)
 
 
 class CachedKnowledge:
