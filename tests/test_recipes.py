@@ -126,3 +126,14 @@ def test_distill_under_torchrun_two_processes(tmp_path, tiny_glue, tiny_teacher,
     # 16 rows, 2 processes x 4 per batch: 2 steps an epoch, 4 in all
     assert record["stages"][0]["global_step"] == 4
     assert (out / "model.safetensors").exists()
+
+
+def test_narrow_random_student_with_projection(tmp_path, tiny_glue, tiny_teacher, tiny_backbone):
+    from transformers import AutoConfig
+
+    out, record = _distill(tmp_path, tiny_glue, tiny_teacher, tiny_backbone, "tinybert",
+                           ["--student-hidden-size", "16"], ["--teacher", tiny_teacher])
+    config = AutoConfig.from_pretrained(out)
+    assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (16, 2, 64)
+    assert load_file(out / "projection.safetensors")["linear.weight"].shape == (32, 16)
+    assert record["layer_pairs"] == [[0, 0], [1, 2], [2, 4]]

@@ -29,8 +29,8 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hskd.errors import HskdError
-from hskd.models import needs_eager_attention
 from hskd.knowledge import WIDTH, Knowledge, KnowledgeSpec, extract, select_dims
+from hskd.models import needs_eager_attention
 from hskd.tasks import sha256_file
 
 FORMAT = 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -324,7 +324,6 @@ class Knowledge:
     token_mask: torch.Tensor | None = None
     dim_index: torch.Tensor | None = None
     attentions: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _stack_layers(states, indices) -> torch.Tensor:

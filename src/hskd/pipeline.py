@@ -171,7 +171,7 @@ def distill(s: Settings) -> dict:
     if s.recipe not in RECIPES:
         raise HskdError(f"unknown recipe {s.recipe!r}: use one of {', '.join(RECIPES)}")
     return _train_job(s, "distill", backbone=s.student_model, layers=parse_layers(s.student_layers),
-                      learning_rate=s.student_learning_rate)
+                      learning_rate=s.student_learning_rate, hidden_size=s.student_hidden_size)
 
 
 def _copy(s: Settings, **changes) -> Settings:
@@ -183,7 +183,12 @@ def _copy(s: Settings, **changes) -> Settings:
 
 
 def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate: float,
-               reuse: bool = False) -> dict:
+               reuse: bool = False, hidden_size: int | None = None) -> dict:
+    """Fine-tune or distill one model into ``s.output_dir``; the shared body of the jobs.
+
+    ``backbone``/``layers``/``hidden_size`` define the model trained (see
+    :func:`hskd.models.build_student`). With ``reuse``, a finished identical run is returned as is.
+    """
     set_seed(s.seed)
     s = _copy(s, learning_rate=learning_rate)
     fp = fingerprint_settings(s, job, backbone, layers)
@@ -212,7 +217,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     if reader is not None:
         reader = CacheReader(s.cache, expect=cache_fingerprint(task, data, student_tok, max_len, None))
     student = models.build_student(backbone, task, layers=layers,
-                                   hidden_size=s.student_hidden_size if job == "distill" else None,
+                                   hidden_size=hidden_size,
                                    attentions=bool(spec and spec.attentions))
     n_student = student.config.num_hidden_layers
     n_teacher = teacher.config.num_hidden_layers if teacher is not None else (
@@ -425,10 +430,10 @@ def run(s: Settings) -> dict:
                          backbone=s.model, layers=None, learning_rate=s.learning_rate, reuse=True)
     baseline = _train_job(_copy(s, output_dir=str(out / "student-finetune"), recipe="finetune", **child),
                           "finetune", backbone=s.student_model, layers=parse_layers(s.student_layers),
-                          learning_rate=s.student_learning_rate, reuse=True)
+                          learning_rate=s.student_learning_rate, reuse=True, hidden_size=s.student_hidden_size)
     student = _train_job(_copy(s, output_dir=str(out / "student"), teacher=str(out / "teacher"), **child),
                          "distill", backbone=s.student_model, layers=parse_layers(s.student_layers),
-                         learning_rate=s.student_learning_rate, reuse=True)
+                         learning_rate=s.student_learning_rate, reuse=True, hidden_size=s.student_hidden_size)
     results = {"teacher": teacher, "student-finetune": baseline, "student": student}
     if not main:
         return {}

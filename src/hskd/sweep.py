@@ -108,7 +108,8 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
     baseline = pipeline._train_job(pipeline._copy(s, output_dir=str(out / "student-finetune"), recipe="finetune",
                                                   resume=True), "finetune", backbone=s.student_model,
                                    layers=pipeline.parse_layers(s.student_layers),
-                                   learning_rate=s.student_learning_rate, reuse=True)
+                                   learning_rate=s.student_learning_rate, reuse=True,
+                                   hidden_size=s.student_hidden_size)
     teacher_record = json.loads((Path(s.teacher) / pipeline.RECORD).read_text()) \
         if (Path(s.teacher) / pipeline.RECORD).exists() else None
     teacher_eval = teacher_record["eval"] if teacher_record else pipeline.evaluate(s, s.teacher)
@@ -120,7 +121,8 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
                                knowledge=spec.to_dict(), recipe=s.recipe or "mud", resume=True)
         record = pipeline._train_job(child, "distill", backbone=s.student_model,
                                      layers=pipeline.parse_layers(s.student_layers),
-                                     learning_rate=s.student_learning_rate, reuse=True)
+                                     learning_rate=s.student_learning_rate, reuse=True,
+                                     hidden_size=s.student_hidden_size)
         fraction = reader.hsk_fraction(spec, pairs)
         rows.append({"panel": p.panel, "point": p.name, "layers": p.layers, "tokens": p.tokens or "all",
                      "width": p.width, "hsk_fraction": fraction,
