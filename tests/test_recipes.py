@@ -137,3 +137,15 @@ def test_narrow_random_student_with_projection(tmp_path, tiny_glue, tiny_teacher
     assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (16, 2, 64)
     assert load_file(out / "projection.safetensors")["linear.weight"].shape == (32, 16)
     assert record["layer_pairs"] == [[0, 0], [1, 2], [2, 4]]
+
+
+def test_regression_task_finetune_and_kd(tmp_path, tiny_glue, tiny_backbone, tiny_narrow):
+    teacher = tmp_path / "stsb-teacher"
+    assert run_cli("finetune", "--task", "STS-B", "--data-dir", tiny_glue, "--model", tiny_backbone,
+                   "--output-dir", teacher, *TINY) == 0
+    out = tmp_path / "stsb-kd"
+    assert run_cli("distill", "--task", "STS-B", "--data-dir", tiny_glue, "--teacher", teacher, "--recipe", "kd",
+                   "--student-model", tiny_narrow, "--student-layers", "1", "--output-dir", out, *TINY) == 0
+    record = json.loads((out / "hskd.json").read_text())
+    assert set(record["eval"]["dev"]["dev"]) == {"pearson", "spearman"}
+    assert record["eval"]["main_metric"] == "pearson"

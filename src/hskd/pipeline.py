@@ -199,7 +199,8 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     # Everything that can fail on user input is checked before the output directory is touched.
     teacher = reader = None
     if spec is not None and s.cache:
-        reader = CacheReader(s.cache)
+        if not (Path(s.cache).expanduser() / "manifest.json").is_file():
+            CacheReader(s.cache)  # raises the right message (missing, or interrupted)
     elif spec is not None:
         if not s.teacher:
             raise HskdError("give --teacher DIR (a fine-tuned model) or --cache DIR")
@@ -214,7 +215,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     if teacher is not None:
         models.check_same_tokenizer(models.load_tokenizer(s.teacher), student_tok)
     max_len = max_length(s, data)
-    if reader is not None:
+    if spec is not None and s.cache:
         reader = CacheReader(s.cache, expect=cache_fingerprint(task, data, student_tok, max_len, None))
     student = models.build_student(backbone, task, layers=layers,
                                    hidden_size=hidden_size,
