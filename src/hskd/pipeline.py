@@ -224,7 +224,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     n_teacher = teacher.config.num_hidden_layers if teacher is not None else (
         reader.manifest["teacher_layers"] if reader else 0)
     pairs = spec.layer_pairs(n_student, n_teacher) if spec and (spec.hidden or spec.attentions) else []
-    stages = recipe_stages(s.recipe, _copy(s, learning_rate=learning_rate), len(pairs))
+    stages = recipe_stages(s.recipe, s, len(pairs))
     if reader is not None:
         reader.plan(spec, pairs)  # refuse a cache that cannot serve this spec, before writing
     train_ds = tokenize(data.train, student_tok, max_len)
@@ -241,7 +241,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
         source = CachedKnowledge(reader, spec, pairs) if reader else OnlineTeacher(
             teacher, spec, pairs, student_tok.sep_token_id)
     collator = Collator(student_tok)
-    stage_results, train_seconds = [], 0.0
+    stage_results = []
     for i, stage in enumerate(stages):
         stage_dir = out / "checkpoints" / f"{i:02d}-{stage.name}"
         final = stage_dir / "final.safetensors"
