@@ -40,12 +40,42 @@ step() {
                   --num-train-epochs 1 --quiet ;;
     sst2-cache) $H cache --task SST-2 --data-dir "$G" --teacher sst2/teacher --knowledge 1l_10t_0.1h \
                   --student-layers 3 --output-dir sst2-cache-1l_10t_0.1h --quiet | tee sst2-cache.txt ;;
-    report)     $H report sst2 sst2-kd mrpc mrpc-kd mrpc-mud-* mrpc-pkd-* mrpc-ird-* | tee report.md ;;
+    sst2-mud)   # teacher-free MUD on full SST-2: one cache (4 layers x 10 tokens x all dims), budgets by slicing
+                $H cache --task SST-2 --data-dir "$G" --teacher sst2/teacher --knowledge 4l_10t --student-layers 3 \
+                  --output-dir sst2-cache-4l_10t --quiet | tee sst2-cache-4l.txt
+                for k in 1l_10t_0.1h 4l_10t_1h; do
+                  $H distill --task SST-2 --data-dir "$G" --cache sst2-cache-4l_10t --recipe mud --knowledge "$k" \
+                    --hsk-epochs 1 --num-train-epochs 1 --output-dir "sst2-mud-$k" --quiet
+                done ;;
+    sst2-mud1)  # teacher-free MUD at 1l_10t_0.1h from the sst2-cache step's cache
+                $H distill --task SST-2 --data-dir "$G" --cache sst2-cache-1l_10t_0.1h --recipe mud \
+                  --knowledge 1l_10t_0.1h --hsk-epochs 1 --num-train-epochs 1 --output-dir sst2-mud-1l_10t_0.1h --quiet ;;
+    mrpc-ird-all) $H distill --task MRPC --data-dir "$G" --teacher mrpc/teacher --recipe ird --ird-schedule all \
+                  --stage-epochs 1 --num-train-epochs 3 --output-dir mrpc-ird-all --quiet ;;
+    sst2-recipes) for r in pkd-skip pkd-last; do
+                  $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe $r --num-train-epochs 1 \
+                    --output-dir "sst2-$r" --quiet
+                done
+                $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule all \
+                  --stage-epochs 1 --num-train-epochs 1 --output-dir sst2-ird-all --quiet ;;
+    cola)       $H run --task CoLA --data-dir "$G" --num-train-epochs 3 --output-dir cola --quiet
+                for r in kd pkd-skip pkd-last; do
+                  $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe $r --num-train-epochs 3 \
+                    --output-dir "cola-$r" --quiet
+                done
+                $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe ird --ird-schedule all \
+                  --stage-epochs 1 --num-train-epochs 3 --output-dir cola-ird-all --quiet
+                $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe mud --knowledge 1l_10t_0.1h \
+                  --hsk-epochs 3 --num-train-epochs 3 --output-dir cola-mud-1l_10t_0.1h --quiet ;;
+    report)     for t in sst2 mrpc cola; do
+                  ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
+                done ;;
     *) echo "unknown step $1"; exit 2 ;;
   esac
 }
 if [ "${1:-}" = all ]; then
-  for s in sst2-run mrpc-run mrpc-kd bench mrpc-mud mrpc-pkd sst2-sweep sst2-cache sst2-kd mrpc-ird report; do step $s; done
+  for s in sst2-run mrpc-run mrpc-kd bench mrpc-mud mrpc-pkd sst2-sweep sst2-cache sst2-kd mrpc-ird sst2-mud \
+           sst2-recipes cola report; do step $s; done
 else
   step "$1"
 fi

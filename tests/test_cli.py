@@ -116,3 +116,21 @@ def test_evaluate_prints_the_recorded_metrics(tmp_path, capsys, tiny_teacher, ti
     record = json.loads((Path(tiny_teacher) / "hskd.json").read_text())
     assert printed["dev"] == record["eval"]["dev"]
     assert printed["eval_examples_per_second"] > 0 and printed["layers"] == 4
+
+
+def test_never_touches_a_folder_hskd_did_not_make(tmp_path, capsys, tiny_backbone, tiny_glue):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    base = _finetune("--data-dir", tiny_glue, "--model", tiny_backbone, "--output-dir", out)
+    assert run_cli(*base, "--overwrite") == 2
+    assert "not an hskd run" in _error_line(capsys)
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_resume_continues_only_the_same_run(tmp_path, capsys, tiny_backbone, tiny_glue):
+    out = tmp_path / "out"
+    base = _finetune("--data-dir", tiny_glue, "--model", tiny_backbone, "--output-dir", out)
+    assert run_cli(*base) == 0
+    assert run_cli(*base, "--learning-rate", "1e-3", "--resume") == 2
+    assert "different run" in _error_line(capsys)

@@ -137,7 +137,8 @@ def test_gather_matches_extract_for_the_same_model():
     for length in ("all", "cls", "left", "attention"):
         for width in ("all", "uniform", "random", "magnitude"):
             spec = KnowledgeSpec(hidden=True, attentions=length != "cls", depth="uniform", layers=2,
-                                 length=length, tokens=3, width=width, width_fraction=0.5)
+                                 length=length, tokens=3, width=width,
+                                 width_fraction=1.0 if width == "all" else 0.5)
             pairs = spec.layer_pairs(n, n)
             k = extract(spec, pairs, out, batch)
             s_hidden, s_att = gather(pairs, out, k, None)
@@ -163,3 +164,13 @@ def test_cls_attention_from_hidden_states_equals_eager_attention():
     expected = torch.stack([out.attentions[0], out.attentions[2]], 1).mean(2)[:, :, 0, :]
     assert torch.allclose(rows, expected, atol=1e-6)
     assert rows[1, :, 5:].abs().max() < 1e-6  # padding gets no attention
+
+
+def test_spec_validation():
+    with pytest.raises(HskdError, match="width strategy"):
+        KnowledgeSpec(hidden=True, width="all", width_fraction=0.1)
+    assert KnowledgeSpec(hidden=True, depth="list", layer_map=["1:2", "3:6"]).layer_map == [[1, 2], [3, 6]]
+    with pytest.raises(HskdError, match="bad layer_map"):
+        KnowledgeSpec(hidden=True, depth="list", layer_map=[[1]])
+    with pytest.raises(HskdError, match="token count"):
+        KnowledgeSpec(hidden=True, length="left")

@@ -110,6 +110,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
         else:
             for name, (shape, dtype) in shapes.items():
                 open_memmap(work / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+            if spec.hidden and spec.width in ("uniform", "random"):  # shared dims, known up front
+                np.save(work / "dims.npy", WIDTH[spec.width](torch.empty(d), width, spec.seed).numpy().astype(np.int64))
             _atomic_json(plan, header)
     _barrier()
     arrays = {name: np.load(work / f"{name}.npy", mmap_mode="r+") for name in shapes}
@@ -119,7 +121,6 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     progress_file = work / f"progress.rank{rank}of{world}.json"
     done = json.loads(progress_file.read_text())["batches_done"] if progress_file.exists() else 0
     start_time, seen = time.perf_counter(), 0
-    dims_saved = (work / "dims.npy").exists()
     batch_ids = range(first + done, last)
     iterator = batch_ids
     if progress and rank == 0:
@@ -144,9 +145,6 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
             arrays["hidden"][lo:hi, :, :n] = k.hidden.numpy().astype(np.float16)
             if spec.width == "magnitude":
                 arrays["dim_index"][lo:hi, :, :n] = k.dim_index.numpy().astype(np.int16)
-            elif k.dim_index is not None and not dims_saved and rank == 0:
-                np.save(work / "dims.npy", k.dim_index.numpy().astype(np.int64))
-                dims_saved = True
         if k.attentions is not None:
             arrays["attentions"][lo:hi] = 0
             seq = k.attentions.size(-1)
@@ -201,7 +199,8 @@ def size_report(folder: Path, manifest: dict, dataset) -> dict:
     """
     total = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".npy")
     tokens = int(sum(dataset["length"]))
-    n_student = max(s for s, _ in manifest["pairs"]) if manifest["pairs"] else 0
+    pairs_top = max((s for s, _ in manifest["pairs"]), default=0)
+    n_student = manifest["fingerprint"].get("student_layers", pairs_top)  # skip/last maps stop below it
     full_values = (n_student + 1) * tokens * manifest["teacher_hidden"]
     kept = 0
     if "hidden" in manifest["arrays"]:

@@ -132,10 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         existed = out is not None and Path(out).expanduser().exists()
         return _dispatch(args, settings)
     except HskdError as exc:
-        if out and not existed:  # leave nothing half-written behind
-            shutil.rmtree(Path(out).expanduser(), ignore_errors=True)
+        if out and not existed and not _holds_finished_work(Path(out).expanduser()):
+            shutil.rmtree(Path(out).expanduser(), ignore_errors=True)  # leave nothing half-written
         print(f"hskd: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _holds_finished_work(path: Path) -> bool:
+    """A finished model, cache or sweep point under ``path`` (kept even if a later step fails)."""
+    for record in path.rglob("hskd.json"):
+        if json.loads(record.read_text()).get("status") == "complete":
+            return True
+    return any(path.rglob("manifest.json"))
 
 
 def _silence() -> None:

@@ -218,7 +218,7 @@ class KnowledgeSpec:
         if self.depth not in DEPTH and self.depth != "list":
             raise HskdError(f"unknown depth strategy {self.depth!r}: use {', '.join([*DEPTH, 'list'])}")
         if self.depth == "list" and not self.layer_map:
-            raise HskdError("depth 'list' needs a layer map, e.g. --layer-map 1:2,2:4,3:6")
+            raise HskdError("depth 'list' needs layer_map: [[student, teacher], ...] in the YAML knowledge spec")
         if self.length not in LENGTH:
             raise HskdError(f"unknown length strategy {self.length!r}: use {', '.join(LENGTH)}")
         if self.width not in WIDTH:
@@ -229,8 +229,16 @@ class KnowledgeSpec:
             raise HskdError(f"width fraction {self.width_fraction} must be in (0, 1]")
         if self.layers is not None and self.layers < 1:
             raise HskdError("the number of layers must be at least 1")
+        if self.width == "all" and self.width_fraction < 1:
+            raise HskdError("a width fraction below 1 needs a width strategy: uniform, random or magnitude")
         if self.layer_map:
-            self.layer_map = [list(map(int, p)) for p in self.layer_map]
+            try:
+                pairs = [[int(x) for x in (p.split(":") if isinstance(p, str) else p)] for p in self.layer_map]
+            except (TypeError, ValueError):
+                pairs = []
+            if not pairs or any(len(p) != 2 for p in pairs):
+                raise HskdError(f"bad layer_map {self.layer_map!r}: give [[student, teacher], ...] or ['s:t', ...]")
+            self.layer_map = pairs
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -58,10 +58,26 @@ def load_tokenizer(name_or_path: str):
                         "give a local model directory or a reachable hub id") from None
 
 
-def load_classifier(name_or_path: str | None, task: TaskSpec, attentions: bool = False):
+def load_config(name_or_path: str):
+    """``AutoConfig.from_pretrained`` with a one-line error.
+
+    Raises:
+        HskdError: no config can be loaded from there.
+    """
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model(name_or_path))
+    except (OSError, ValueError) as exc:
+        raise HskdError(f"could not load a model config from {name_or_path!r} ({exc.__class__.__name__}); "
+                        "give a saved model directory or a reachable hub id") from None
+
+
+def load_classifier(name_or_path: str | None, task: TaskSpec | None, attentions: bool = False):
     """Load ``AutoModelForSequenceClassification`` with the task's label set.
 
     Args:
+        task: the task whose label set to load with; ``None`` keeps the model's saved labels.
         attentions: load with eager attention so that ``output_attentions`` returns
             probabilities ``[batch, heads, seq, seq]`` (SDPA returns none).
 
@@ -71,7 +87,7 @@ def load_classifier(name_or_path: str | None, task: TaskSpec, attentions: bool =
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name_or_path)
-    kwargs = _label_kwargs(task)
+    kwargs = _label_kwargs(task) if task is not None else {}  # None: keep the saved label set
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             path, attn_implementation="eager" if attentions else "sdpa", **kwargs)

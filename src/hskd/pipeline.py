@@ -21,7 +21,7 @@ from transformers import set_seed
 from hskd import models
 from hskd.cache import CacheReader, partial_dir, write_cache
 from hskd.config import Settings
-from hskd.data import Collator, tokenize
+from hskd.data import MODEL_INPUTS, Collator, tokenize
 from hskd.errors import HskdError
 from hskd.recipes import RECIPES, recipe_spec, recipe_stages
 from hskd.tasks import TaskData, compute_metrics, custom_task, get_task, load_custom, load_glue
@@ -109,14 +109,19 @@ def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, r
         return out, "new"
     record = out / RECORD
     info = json.loads(record.read_text()) if record.is_file() else None
+    if info is None:  # never delete or write into a folder that hskd did not make
+        raise HskdError(f"{out} holds files that are not an hskd run; choose another --output-dir")
+    same = info.get("settings") == settings_fp
     if s.overwrite:
         return out, "overwrite"
-    if info and info.get("status") == "complete" and info.get("settings") == settings_fp and reuse:
+    if same and info.get("status") == "complete" and reuse:
         return out, "complete"
-    if s.resume:
+    if same and s.resume:
         return out, "resume"
-    what = "a different run" if not info or info.get("settings") != settings_fp else (
-        "a finished run" if info.get("status") == "complete" else "an unfinished run")
+    if not same:
+        raise HskdError(f"{out} holds a different run; pass --overwrite to replace it, or choose another "
+                        "--output-dir (--resume continues only the same run)")
+    what = "a finished run" if info.get("status") == "complete" else "an unfinished run"
     raise HskdError(f"{out} holds {what}; pass --resume to continue it or --overwrite to replace it, "
                     "or choose another --output-dir")
 
@@ -155,6 +160,11 @@ def export_model(model, tokenizer, out: Path) -> None:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 # ------------------------------------------------------------------------------- jobs
@@ -232,6 +242,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     dev_ds = tokenize(data.dev[dev_name], student_tok, max_len)
 
     start_output(out, state, job, fp, s)
+    _barrier()  # under torchrun, the other ranks wait for rank 0's directory
     teacher_hidden = None
     if spec is not None and spec.hidden:
         teacher_hidden = teacher.config.hidden_size if teacher is not None else reader.manifest["teacher_hidden"]
@@ -276,17 +287,13 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
 
 
 def _needs_eager(spec, model_path: str) -> bool:
-    from transformers import AutoConfig
-
-    return models.needs_eager_attention(spec, AutoConfig.from_pretrained(model_path))
+    return models.needs_eager_attention(spec, models.load_config(model_path))
 
 
 def _probe_task(s: Settings, teacher_path: str):
     """The task spec to load the teacher with (custom tasks take the teacher's own labels)."""
     if s.train_file:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(teacher_path)
+        cfg = models.load_config(teacher_path)
         labels = s.labels.split(",") if s.labels else [cfg.id2label[i] for i in range(cfg.num_labels)]
         return custom_task(s.task or "custom", (s.text_columns or "x").split(","), s.label_column or "y",
                            labels, s.task_type == "regression")
@@ -344,9 +351,7 @@ def _student_depth(s: Settings) -> int:
     if isinstance(layers, list):
         return len(layers)
     if layers is None:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(models.resolve_model(s.student_model)).num_hidden_layers
+        return models.load_config(models.resolve_model(s.student_model)).num_hidden_layers
     return layers
 
 
@@ -363,31 +368,36 @@ def cache_spec(s: Settings):
 
 
 def evaluate_model(model_dir: str | Path, data: TaskData, s: Settings) -> dict:
-    """Official dev metrics, dev inference examples/s, parameters and layers of a saved model."""
-    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+    """Official dev metrics, dev inference examples/s, parameters and layers of a saved model.
+
+    A plain inference loop in this process (batch ``eval_batch_size``, per-batch padding):
+    under torchrun only rank 0 evaluates, on the whole dev set.
+    """
+    import numpy as np
 
     model_dir = Path(model_dir)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    except (OSError, ValueError) as exc:
-        raise HskdError(f"could not load a model from {model_dir} ({exc.__class__.__name__}); "
-                        "give a directory written by hskd or save_pretrained") from None
+    model = models.load_classifier(str(model_dir), None).eval()
     models.check_labels(model, data.task, "model")
     tok = models.load_tokenizer(str(model_dir))
     max_len = max_length(s, data)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=s.eval_batch_size,
-                                 report_to="none", disable_tqdm=True, label_names=["labels"],
-                                 remove_unused_columns=False, dataloader_pin_memory=False)
-        trainer = Trainer(model=model, args=args, data_collator=Collator(tok))
-        splits, speed = {}, []
-        for name, ds in data.dev.items():
-            out = trainer.predict(tokenize(ds, tok, max_len))
-            splits[name] = compute_metrics(data.task, out.predictions, out.label_ids)
-            speed.append(out.metrics["test_samples_per_second"])
+    collate = Collator(tok)
+    splits, seconds, count = {}, 0.0, 0
+    for name, split in data.dev.items():
+        ds = tokenize(split, tok, max_len)
+        logits, labels = [], []
+        for lo in range(0, len(ds), s.eval_batch_size):
+            batch = collate([ds[i] for i in range(lo, min(len(ds), lo + s.eval_batch_size))])
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+            seconds += time.perf_counter() - start
+            logits.append(out.logits.float().numpy())
+            labels.append(batch["labels"].numpy())
+        count += len(ds)
+        splits[name] = compute_metrics(data.task, np.concatenate(logits), np.concatenate(labels))
     main = splits[next(iter(splits))][data.task.main_metric]
     return {"dev": splits, "main_metric": data.task.main_metric, "main_value": main,
-            "eval_examples_per_second": sum(speed) / len(speed),
+            "eval_examples_per_second": count / seconds,
             "parameters": models.count_parameters(model), "layers": model.config.num_hidden_layers,
             "hidden_size": model.config.hidden_size}
 
@@ -397,9 +407,7 @@ def evaluate(s: Settings, model_dir: str) -> dict:
     path = Path(model_dir).expanduser()
     if not path.is_dir():
         raise HskdError(f"model directory not found: {path}")
-    from transformers import AutoModelForSequenceClassification
-
-    probe = AutoModelForSequenceClassification.from_pretrained(path) if s.train_file else None
+    probe = models.load_classifier(str(path), None) if s.train_file else None
     data = load_data(s, labels_from_model=probe)
     return evaluate_model(path, data, s)
 
@@ -414,10 +422,13 @@ def run(s: Settings) -> dict:
     load_data(s)  # fail on bad data before anything is written
     fp = fingerprint_settings(s, "run")
     record = out / "run.json"
-    if record.exists() and not (s.overwrite or s.resume):
-        if json.loads(record.read_text()).get("settings") != fp:
-            raise HskdError(f"{out} holds a different run; pass --resume to continue it or --overwrite "
-                            "to replace it, or choose another --output-dir")
+    if out.is_file():
+        raise HskdError(f"--output-dir {out} is a file; give a directory")
+    if out.exists() and any(out.iterdir()) and not record.exists():
+        raise HskdError(f"{out} holds files that are not an hskd run; choose another --output-dir")
+    if record.exists() and not s.overwrite and json.loads(record.read_text()).get("settings") != fp:
+        raise HskdError(f"{out} holds a different run; pass --overwrite to replace it, or choose another "
+                        "--output-dir")
     main = is_main_process()
     if main:
         if s.overwrite and out.exists():

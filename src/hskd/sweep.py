@@ -49,9 +49,11 @@ def grid(depth: str, length: str, width: str, n_student: int, full: bool = False
     Raises:
         HskdError: a depth beyond the student's layers + 1, or a width outside (0, 1].
     """
-    depths = [d or n_student + 1 for d in _values(depth, int)]
+    depths = [n_student + 1 if d is None else d for d in _values(depth, int)]
     lengths = _values(length, int)
-    widths = [w or 1.0 for w in _values(width, float)]
+    widths = [1.0 if w is None else w for w in _values(width, float)]
+    if any(t is not None and t < 1 for t in lengths):
+        raise HskdError("--length values must be token counts of at least 1 (or 'all')")
     if any(d < 1 or d > n_student + 1 for d in depths):
         raise HskdError(f"--depth values must be in 1..{n_student + 1} for a {n_student}-layer student")
     if any(not 0 < w <= 1 for w in widths):
@@ -77,9 +79,11 @@ def grid(depth: str, length: str, width: str, n_student: int, full: bool = False
 
 def point_spec(p: Point, s: Settings, max_len: int) -> KnowledgeSpec:
     length = s.length_strategy or "attention"
+    # "all tokens" with a ranked or positional strategy is its first max_len tokens, which the
+    # cache at the largest budget holds; with strategy "all", token counts are not a budget
     return KnowledgeSpec(logits=True, hidden=True, depth=s.depth_strategy or "uniform", layers=p.layers,
-                         t_top=s.t_top, length=length if p.tokens or length.startswith("attention") else "all",
-                         tokens=p.tokens or (max_len if length != "all" else None),
+                         t_top=s.t_top, length=length,
+                         tokens=None if length == "all" else (p.tokens or max_len),
                          width=(s.width_strategy or "uniform") if p.width < 1 else "all",
                          width_fraction=p.width, seed=s.width_seed)
 
@@ -91,6 +95,8 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
 
     if not s.teacher or not s.output_dir:
         raise HskdError("hskd sweep needs --teacher DIR and --output-dir DIR")
+    if (s.length_strategy or "attention") in ("cls", "all") and length.strip() not in ("all", "1"):
+        raise HskdError("--length-strategy cls/all cannot vary the token count; use left or attention")
     out = Path(s.output_dir).expanduser()
     n_student = pipeline._student_depth(s)
     points = grid(depth, length, width, n_student, full_grid)

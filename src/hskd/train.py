@@ -189,5 +189,8 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
     best = trainer.state.best_metric
     if best is not None:
         metrics["best_dev_metric"] = best
-    (stage_dir / "stage.json").write_text(json.dumps(metrics, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        tmp = stage_dir / "stage.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, stage_dir / "stage.json")
     return metrics
