@@ -50,6 +50,8 @@ step() {
     sst2-mud1)  # teacher-free MUD at 1l_10t_0.1h from the sst2-cache step's cache
                 $H distill --task SST-2 --data-dir "$G" --cache sst2-cache-1l_10t_0.1h --recipe mud \
                   --knowledge 1l_10t_0.1h --hsk-epochs 1 --num-train-epochs 1 --output-dir sst2-mud-1l_10t_0.1h --quiet ;;
+    sst2-pkd-skip) $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe pkd-skip \
+                  --num-train-epochs 1 --output-dir sst2-pkd-skip --quiet ;;
     mrpc-ird-all) $H distill --task MRPC --data-dir "$G" --teacher mrpc/teacher --recipe ird --ird-schedule all \
                   --stage-epochs 1 --num-train-epochs 3 --output-dir mrpc-ird-all --quiet ;;
     sst2-recipes) for r in pkd-skip pkd-last; do
