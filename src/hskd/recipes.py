@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -105,7 +105,6 @@ class Stage:
     learning_rate: float
     objective: Objective
     select_best: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def recipe_spec(recipe: str, s) -> KnowledgeSpec | None:

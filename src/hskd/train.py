@@ -57,6 +57,10 @@ class OnlineTeacher:
             p.requires_grad_(False)
         self.needs_attentions = needs_eager_attention(spec, teacher.config)
 
+    def logits_only(self) -> OnlineTeacher:
+        """The same teacher serving soft labels alone (no hidden states asked or selected)."""
+        return OnlineTeacher(self.teacher, KnowledgeSpec(logits=True), [], self.sep)
+
     @torch.no_grad()
     def __call__(self, inputs: dict, example_ids: torch.Tensor) -> Knowledge:
         device = inputs["input_ids"].device
@@ -76,6 +80,10 @@ class CachedKnowledge:
         self.reader, self.spec, self.pairs = reader, spec, pairs
         self.read_seconds = 0.0
 
+    def logits_only(self) -> CachedKnowledge:
+        """The same cache serving soft labels alone (hidden arrays not read)."""
+        return CachedKnowledge(self.reader, KnowledgeSpec(logits=True), [])
+
     def __call__(self, inputs: dict, example_ids: torch.Tensor) -> Knowledge:
         start = time.perf_counter()
         k = self.reader.read(example_ids.cpu().numpy(), self.spec, self.pairs,
@@ -91,6 +99,8 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args, objective: Objective, knowledge_source=None, pairs=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if knowledge_source is not None and not (objective.needs_hidden or objective.needs_attentions):
+            knowledge_source = knowledge_source.logits_only()  # e.g. a prediction stage: soft labels only
         self.objective, self.knowledge_source, self.pairs = objective, knowledge_source, pairs
         self._parts: dict[str, list[float]] = {}
 
@@ -184,8 +194,8 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
     metrics["train_seconds"] = seconds
     metrics["global_step"] = trainer.state.global_step
     metrics["max_steps"] = trainer.state.max_steps
-    if isinstance(knowledge_source, CachedKnowledge):
-        metrics["cache_read_seconds"] = knowledge_source.read_seconds
+    if isinstance(trainer.knowledge_source, CachedKnowledge):
+        metrics["cache_read_seconds"] = trainer.knowledge_source.read_seconds
     best = trainer.state.best_metric
     if best is not None:
         metrics["best_dev_metric"] = best
