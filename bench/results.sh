@@ -31,22 +31,25 @@ step() {
                   $H distill --task MRPC --data-dir "$G" --teacher mrpc/teacher --recipe $r --num-train-epochs 3 \
                     --output-dir "mrpc-$r" --quiet
                 done ;;
-    mrpc-ird)   for s in all progressive stacked; do
+    mrpc-ird)   # progressive and stacked: 3 internal stages of 0.34 epoch, the same total internal budget
+                # (about 1 epoch) as `all` (mrpc-ird-all: every layer at once for 1 epoch)
+                for s in progressive stacked; do
                   $H distill --task MRPC --data-dir "$G" --teacher mrpc/teacher --recipe ird --ird-schedule $s \
-                    --stage-epochs 1 --num-train-epochs 3 --output-dir "mrpc-ird-$s" --quiet
+                    --stage-epochs 0.34 --num-train-epochs 3 --output-dir "mrpc-ird-$s" --quiet
                 done ;;
-    sst2-sweep) $H sweep --task SST-2 --data-dir "$G" --teacher sst2/teacher --output-dir sst2-sweep \
+    sst2-sweep) # the first 10,000 SST-2 training rows, one cache at 4 layers x all tokens x all dims
+                $H sweep --task SST-2 --data-dir "$G" --teacher sst2/teacher --output-dir sst2-sweep-10k \
+                  --max-train-samples 10000 --depth 1,2,4 --length 1,10,all --width 0.1,0.5,1 --hsk-epochs 1 \
+                  --num-train-epochs 1 --quiet ;;
+    sst2-sweep-mud1) # the issue-3 budget on the same 10,000 rows and schedule, sliced from the sweep's cache
+                $H distill --task SST-2 --data-dir "$G" --cache sst2-sweep-10k/cache --recipe mud \
+                  --knowledge 1l_10t_0.1h --max-train-samples 10000 --hsk-epochs 1 --num-train-epochs 1 \
+                  --output-dir sst2-sweep-10k-mud-1l_10t_0.1h --quiet ;;
+    sst2-sweep-2k) $H sweep --task SST-2 --data-dir "$G" --teacher sst2/teacher --output-dir sst2-sweep \
                   --max-train-samples 2000 --depth 1,4 --length 1,10,all --width 0.1,1 --hsk-epochs 1 \
                   --num-train-epochs 1 --quiet ;;
     sst2-cache) $H cache --task SST-2 --data-dir "$G" --teacher sst2/teacher --knowledge 1l_10t_0.1h \
                   --student-layers 3 --output-dir sst2-cache-1l_10t_0.1h --quiet | tee sst2-cache.txt ;;
-    sst2-mud)   # teacher-free MUD on full SST-2: one cache (4 layers x 10 tokens x all dims), budgets by slicing
-                $H cache --task SST-2 --data-dir "$G" --teacher sst2/teacher --knowledge 4l_10t --student-layers 3 \
-                  --output-dir sst2-cache-4l_10t --quiet | tee sst2-cache-4l.txt
-                for k in 1l_10t_0.1h 4l_10t_1h; do
-                  $H distill --task SST-2 --data-dir "$G" --cache sst2-cache-4l_10t --recipe mud --knowledge "$k" \
-                    --hsk-epochs 1 --num-train-epochs 1 --output-dir "sst2-mud-$k" --quiet
-                done ;;
     sst2-mud1)  # teacher-free MUD at 1l_10t_0.1h from the sst2-cache step's cache
                 $H distill --task SST-2 --data-dir "$G" --cache sst2-cache-1l_10t_0.1h --recipe mud \
                   --knowledge 1l_10t_0.1h --hsk-epochs 1 --num-train-epochs 1 --output-dir sst2-mud-1l_10t_0.1h --quiet ;;
@@ -54,19 +57,23 @@ step() {
                   --num-train-epochs 1 --output-dir sst2-pkd-skip --quiet ;;
     mrpc-ird-all) $H distill --task MRPC --data-dir "$G" --teacher mrpc/teacher --recipe ird --ird-schedule all \
                   --stage-epochs 1 --num-train-epochs 3 --output-dir mrpc-ird-all --quiet ;;
-    sst2-recipes) for r in pkd-skip pkd-last; do
-                  $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe $r --num-train-epochs 1 \
-                    --output-dir "sst2-$r" --quiet
-                done
-                $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule all \
-                  --stage-epochs 1 --num-train-epochs 1 --output-dir sst2-ird-all --quiet ;;
+    sst2-pkd-last) $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe pkd-last \
+                  --num-train-epochs 1 --output-dir sst2-pkd-last --quiet ;;
+    sst2-ird-*) # one internal epoch in all (every layer at once for 1 epoch; 3 x 0.34 epoch layer by layer),
+                # then 1 epoch of soft labels
+                s=${1#sst2-ird-}; e=1; [ "$s" = all ] || e=0.34
+                $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule "$s" \
+                  --stage-epochs $e --num-train-epochs 1 --output-dir "sst2-ird-$s" --quiet ;;
     cola)       $H run --task CoLA --data-dir "$G" --num-train-epochs 3 --output-dir cola --quiet
                 for r in kd pkd-skip pkd-last; do
                   $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe $r --num-train-epochs 3 \
                     --output-dir "cola-$r" --quiet
                 done
-                $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe ird --ird-schedule all \
-                  --stage-epochs 1 --num-train-epochs 3 --output-dir cola-ird-all --quiet
+                for s in all progressive stacked; do
+                  e=1; [ "$s" = all ] || e=0.34
+                  $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe ird --ird-schedule $s \
+                    --stage-epochs $e --num-train-epochs 3 --output-dir "cola-ird-$s" --quiet
+                done
                 $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe mud --knowledge 1l_10t_0.1h \
                   --hsk-epochs 3 --num-train-epochs 3 --output-dir cola-mud-1l_10t_0.1h --quiet ;;
     report)     for t in sst2 mrpc cola; do
@@ -76,8 +83,8 @@ step() {
   esac
 }
 if [ "${1:-}" = all ]; then
-  for s in sst2-run mrpc-run mrpc-kd bench mrpc-mud mrpc-pkd sst2-sweep sst2-cache sst2-kd mrpc-ird sst2-mud \
-           sst2-recipes cola report; do step $s; done
+  for s in sst2-run mrpc-run mrpc-kd bench mrpc-mud mrpc-pkd sst2-sweep sst2-cache sst2-kd mrpc-ird-all mrpc-ird sst2-mud1 \
+           sst2-pkd-skip sst2-pkd-last sst2-sweep-mud1 cola sst2-ird-all sst2-ird-progressive sst2-ird-stacked report; do step $s; done
 else
   step "$1"
 fi

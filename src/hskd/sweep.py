@@ -138,7 +138,8 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
                      "train_examples_per_second": record["train_examples_per_second"]})
         _write_csv(out / "results.csv", rows)
     refs = {"teacher": teacher_eval["main_value"], "student-finetune": baseline["eval"]["main_value"]}
-    plot(rows, refs, out / "marginal_utility.png", title=f"{data.task.name}: dev {rows[0]['metric']} vs HSK")
+    subset = f" (first {s.max_train_samples:,} training rows)" if s.max_train_samples else ""
+    plot(rows, refs, out / "marginal_utility.png", title=f"{data.task.name}{subset}: dev {rows[0]['metric']} vs HSK")
     (out / "references.json").write_text(json.dumps(refs, indent=2))
     return rows
 
@@ -159,6 +160,7 @@ def plot(rows: list[dict], refs: dict, path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     panels = ["depth", "length", "width", "joint"]
     fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharey=True)
@@ -173,6 +175,10 @@ def plot(rows: list[dict], refs: dict, path: Path, title: str) -> None:
         ax.axhline(refs["teacher"] * 100, color="tab:green", ls="--", label="teacher")
         ax.axhline(refs["student-finetune"] * 100, color="tab:red", ls=":", label="student-finetune")
         ax.set_xscale("log")
+        if pts:  # ticks at the measured fractions, as plain numbers (log ticks read as 3x10^1)
+            ax.set_xticks(xs)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("HSK distilled (% of full, log scale)")
         ax.set_title(f"{panel} compression")
         ax.grid(alpha=0.3)
