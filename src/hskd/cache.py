@@ -43,7 +43,8 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """Wait for every rank under torchrun; a no-op in a single process."""
     if _dist()[1] > 1:
         torch.distributed.barrier()
 
@@ -113,7 +114,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
             if spec.hidden and spec.width in ("uniform", "random"):  # shared dims, known up front
                 np.save(work / "dims.npy", WIDTH[spec.width](torch.empty(d), width, spec.seed).numpy().astype(np.int64))
             _atomic_json(plan, header)
-    _barrier()
+    barrier()
     arrays = {name: np.load(work / f"{name}.npy", mmap_mode="r+") for name in shapes}
 
     n_batches = (rows + batch_size - 1) // batch_size
@@ -160,13 +161,13 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     for arr in arrays.values():
         arr.flush()
     del arrays
-    _barrier()
+    barrier()
     manifest = dict(header)
     if rank == 0:
         manifest = _finalise(work, out_dir, header, dataset, spec, pairs)
         manifest["extract_seconds"] = seconds
         manifest["extract_examples_per_second"] = seen / seconds if seconds else None
-    _barrier()
+    barrier()
     return manifest
 
 

@@ -58,7 +58,7 @@ def load_tokenizer(name_or_path: str):
                         "give a local model directory or a reachable hub id") from None
 
 
-def load_config(name_or_path: str):
+def load_config(name_or_path: str | None):
     """``AutoConfig.from_pretrained`` with a one-line error.
 
     Raises:

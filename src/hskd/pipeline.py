@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import set_seed
 
 from hskd import models
-from hskd.cache import CacheReader, partial_dir, write_cache
+from hskd.cache import CacheReader, barrier, partial_dir, write_cache
 from hskd.config import Settings
 from hskd.data import MODEL_INPUTS, Collator, tokenize
 from hskd.errors import HskdError
@@ -162,11 +162,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 # ------------------------------------------------------------------------------- jobs
 def finetune(s: Settings) -> dict:
     """Fine-tune ``s.model`` (first ``s.layers`` layers, or all) on the task: how the teacher
@@ -242,7 +237,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     dev_ds = tokenize(data.dev[dev_name], student_tok, max_len)
 
     start_output(out, state, job, fp, s)
-    _barrier()  # under torchrun, the other ranks wait for rank 0's directory
+    barrier()  # under torchrun, the other ranks wait for rank 0's directory
     teacher_hidden = None
     if spec is not None and spec.hidden:
         teacher_hidden = teacher.config.hidden_size if teacher is not None else reader.manifest["teacher_hidden"]
@@ -351,7 +346,7 @@ def _student_depth(s: Settings) -> int:
     if isinstance(layers, list):
         return len(layers)
     if layers is None:
-        return models.load_config(models.resolve_model(s.student_model)).num_hidden_layers
+        return models.load_config(s.student_model).num_hidden_layers
     return layers
 
 
