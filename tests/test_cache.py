@@ -46,13 +46,14 @@ def _cache(tmp_path, setup, spec, name="cache", **kw):
 def _losses(setup, spec, pairs, reader, cache_spec_reader_pairs=None):
     """Hidden (and attention) loss of one batch, online and from the cache."""
     teacher, tok, ds, student = setup
-    batch = Collator(tok)([ds[i] for i in (7, 0, 12, 3)])  # not an extraction batch
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    features = [ds[i] for i in (7, 0, 12, 3)]  # not an extraction batch
     model = DistillationModel(student, teacher.config.hidden_size).eval()
     objective = Objective(ce=0, hidden=1.0 if spec.hidden else 0, attention=1.0 if spec.attentions else 0)
     results = []
     for source in (OnlineTeacher(teacher, spec, pairs, tok.sep_token_id), CachedKnowledge(reader, spec, pairs)):
-        k = source(inputs, batch["example_id"])
+        batch = source.collator(Collator(tok))(features)  # the cache is read here, as in training
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        k = source(inputs, batch.get("knowledge"))
         with torch.no_grad():
             out, h, a = model(knowledge=k, pairs=pairs, output_hidden_states=True,
                               output_attentions=spec.attentions, **inputs)

@@ -30,7 +30,7 @@ from numpy.lib.format import open_memmap
 
 from hskd.errors import HskdError
 from hskd.knowledge import WIDTH, Knowledge, KnowledgeSpec, extract, select_dims
-from hskd.models import needs_eager_attention
+from hskd.models import model_inputs, needs_eager_attention
 from hskd.tasks import sha256_file
 
 FORMAT = 1
@@ -62,14 +62,19 @@ def partial_dir(out_dir: Path) -> Path:
 def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: KnowledgeSpec, pairs,
                 fingerprint: dict, sep_token_id: int | None, max_seq_length: int,
                 batch_size: int = 64, flush_every: int = 16, stop_after_batches: int | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, environment: dict | None = None) -> dict:
     """Run the teacher once over ``dataset`` (tokenized, with ``example_id`` = row number) and
     store its selected knowledge. Resumes a ``DIR.partial`` left by an interrupted write.
+
+    The teacher runs where it is (move it to the GPU, in its precision, first): selection
+    runs there too, only the compact storage form is copied to pinned host memory, and a
+    writer thread fills the memory-mapped arrays while the next batch is computed.
 
     Args:
         flush_every: batches per chunk; progress is durable at chunk boundaries.
         stop_after_batches: stop (raise ``KeyboardInterrupt``) after this many batches, to test
             resumption.
+        environment: device, precision and versions, recorded in the manifest.
 
     Returns: the manifest.
 
@@ -121,6 +126,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     first, last = rank * n_batches // world, (rank + 1) * n_batches // world
     progress_file = work / f"progress.rank{rank}of{world}.json"
     done = json.loads(progress_file.read_text())["batches_done"] if progress_file.exists() else 0
+    device = next(teacher.parameters()).device
     start_time, seen = time.perf_counter(), 0
     batch_ids = range(first + done, last)
     iterator = batch_ids
@@ -128,35 +134,25 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
         from tqdm.auto import tqdm
 
         iterator = tqdm(batch_ids, desc="caching", initial=done, total=last - first)
-    for step, b in enumerate(iterator, start=done + 1):
-        lo, hi = b * batch_size, min(rows, (b + 1) * batch_size)
-        batch = collator([dataset[i] for i in range(lo, hi)])
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        with torch.inference_mode():
-            out = teacher(**inputs, output_hidden_states=spec.hidden, output_attentions=needs_att)
-            k = extract(spec, pairs, out, inputs, sep_token_id, teacher=teacher)
-        arrays["logits"][lo:hi] = k.logits.float().numpy()
-        if k.token_index is not None:
-            n = k.token_index.size(-1)
-            index = torch.where(k.token_mask, k.token_index, torch.full_like(k.token_index, -1))
-            arrays["token_index"][lo:hi] = -1
-            arrays["token_index"][lo:hi, :, :n] = index.numpy().astype(np.int16)
-        if k.hidden is not None:
-            arrays["hidden"][lo:hi] = 0
-            arrays["hidden"][lo:hi, :, :n] = k.hidden.numpy().astype(np.float16)
-            if spec.width == "magnitude":
-                arrays["dim_index"][lo:hi, :, :n] = k.dim_index.numpy().astype(np.int16)
-        if k.attentions is not None:
-            arrays["attentions"][lo:hi] = 0
-            seq = k.attentions.size(-1)
-            arrays["attentions"][lo:hi, :, :, :n, :seq] = k.attentions.numpy().astype(np.float16)
-        seen += hi - lo
-        if step % flush_every == 0 or b == last - 1:
-            for arr in arrays.values():
-                arr.flush()
-            _atomic_json(progress_file, {"batches_done": step})
-        if stop_after_batches is not None and step >= stop_after_batches:
-            raise KeyboardInterrupt(f"stopped after {step} batches (test hook)")
+    writer = _Writer(arrays, progress_file, flush_every, last_batch=last - 1)
+    try:
+        for step, b in enumerate(iterator, start=done + 1):
+            lo, hi = b * batch_size, min(rows, (b + 1) * batch_size)
+            batch = collator([dataset[i] for i in range(lo, hi)])
+            inputs = {k: _to_device(batch[k], device) for k in ("input_ids", "attention_mask", "token_type_ids")
+                      if k in batch}
+            with torch.inference_mode():
+                out = teacher(**model_inputs(inputs, teacher.dtype), output_hidden_states=spec.hidden,
+                              output_attentions=needs_att)
+                k = extract(spec, pairs, out, inputs, sep_token_id, teacher=teacher)
+                host = _to_host(_storage_tensors(k, spec))
+            writer.put(step, b, lo, hi, host)  # the copy and the write overlap the next batch
+            seen += hi - lo
+            if stop_after_batches is not None and step >= stop_after_batches:
+                writer.close()
+                raise KeyboardInterrupt(f"stopped after {step} batches (test hook)")
+    finally:
+        writer.close()
     seconds = time.perf_counter() - start_time
     for arr in arrays.values():
         arr.flush()
@@ -164,15 +160,120 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     barrier()
     manifest = dict(header)
     if rank == 0:
-        manifest = _finalise(work, out_dir, header, dataset, spec, pairs)
-        manifest["extract_seconds"] = seconds
-        manifest["extract_examples_per_second"] = seen / seconds if seconds else None
+        timing = {"extract_seconds": seconds, "extract_examples_per_second": seen / seconds if seconds else None}
+        manifest = _finalise(work, out_dir, header, dataset, spec, pairs, {**timing, "environment": environment})
     barrier()
     return manifest
 
 
-def _finalise(work: Path, out_dir: Path, header: dict, dataset, spec: KnowledgeSpec, pairs) -> dict:
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def _storage_tensors(k: Knowledge, spec: KnowledgeSpec) -> dict[str, torch.Tensor]:
+    """A batch's knowledge in the cache's dtypes, still on the device (so that only the
+    compact form crosses to the host): logits fp32, token indices int16 with -1 in unfilled
+    slots, hidden values and attentions fp16 with zeros there."""
+    out = {"logits": k.logits.float()}
+    if k.token_index is not None:
+        out["token_index"] = torch.where(k.token_mask, k.token_index, torch.full_like(k.token_index, -1)).to(torch.int16)
+    if k.hidden is not None:
+        out["hidden"] = k.hidden.to(torch.float16)
+        if spec.width == "magnitude":
+            out["dim_index"] = k.dim_index.to(torch.int16)
+    if k.attentions is not None:
+        out["attentions"] = k.attentions.to(torch.float16)
+    return out
+
+
+def _to_host(tensors: dict[str, torch.Tensor]) -> dict:
+    """Start copying to pinned host memory without waiting (CUDA); returns the host tensors and
+    the event that marks the copies done. On the CPU, the tensors themselves."""
+    first = next(iter(tensors.values()))
+    if first.device.type != "cuda":
+        return {"tensors": tensors, "event": None}
+    host = {}
+    for name, t in tensors.items():
+        host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        host[name].copy_(t, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return {"tensors": host, "event": event}
+
+
+class _Writer:
+    """Writes extracted batches into the memory-mapped arrays from a thread, so that the
+    teacher's next forward pass runs while this batch is copied and written. Progress is made
+    durable (arrays flushed, then the progress file replaced) every ``flush_every`` batches and
+    at the last one, in batch order, exactly as a synchronous write would. A failure in the
+    thread is raised in the caller at its next ``put`` or at ``close``."""
+
+    def __init__(self, arrays: dict, progress_file: Path, flush_every: int, last_batch: int):
+        import queue
+        import threading
+
+        self.arrays, self.progress_file = arrays, progress_file
+        self.flush_every, self.last_batch = flush_every, last_batch
+        self.queue: queue.Queue = queue.Queue(maxsize=4)  # bounds the pinned memory in flight
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="hskd-cache-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, step: int, b: int, lo: int, hi: int, host: dict) -> None:
+        if self.error is not None:
+            self.close()
+        self.queue.put((step, b, lo, hi, host))
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain after a failure; the caller re-raises it
+            try:
+                self._write(*item)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                self.error = exc
+
+    def _write(self, step: int, b: int, lo: int, hi: int, host: dict) -> None:
+        if host["event"] is not None:
+            host["event"].synchronize()
+        t = {name: v.numpy() for name, v in host["tensors"].items()}
+        arrays = self.arrays
+        arrays["logits"][lo:hi] = t["logits"]
+        if "token_index" in t:
+            n = t["token_index"].shape[-1]
+            arrays["token_index"][lo:hi] = -1
+            arrays["token_index"][lo:hi, :, :n] = t["token_index"]
+        if "hidden" in t:
+            arrays["hidden"][lo:hi] = 0
+            arrays["hidden"][lo:hi, :, :n] = t["hidden"]
+            if "dim_index" in t:
+                arrays["dim_index"][lo:hi, :, :n] = t["dim_index"]
+        if "attentions" in t:
+            arrays["attentions"][lo:hi] = 0
+            seq = t["attentions"].shape[-1]
+            arrays["attentions"][lo:hi, :, :, :n, :seq] = t["attentions"]
+        if step % self.flush_every == 0 or b == self.last_batch:
+            for arr in arrays.values():
+                arr.flush()
+            _atomic_json(self.progress_file, {"batches_done": step})
+
+
+def _finalise(work: Path, out_dir: Path, header: dict, dataset, spec: KnowledgeSpec, pairs,
+              extra: dict | None = None) -> dict:
+    """Checksum the arrays, write the manifest (with ``extra``: timing, environment) and
+    rename ``DIR.partial`` to ``DIR``."""
     manifest = dict(header)
+    manifest.update({k: v for k, v in (extra or {}).items() if v is not None})
     for name, info in manifest["arrays"].items():
         info["sha256"] = sha256_file(work / f"{name}.npy")
     if (work / "dims.npy").exists():
@@ -320,8 +421,22 @@ class CacheReader:
         width = want.kept_width(self.manifest["teacher_hidden"])
         return float((index >= 0).sum()) * width / (self.manifest["full_hsk_bytes"] / 2)
 
+    def __getstate__(self) -> dict:
+        """Pickled without the memory maps (DataLoader workers started by spawn reopen them
+        instead of copying the arrays)."""
+        state = dict(self.__dict__)
+        state["arrays"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in self.manifest["arrays"]}
+
     def read(self, ids: np.ndarray, want: KnowledgeSpec, pairs, seq_len: int, device=None) -> Knowledge:
-        """The knowledge of rows ``ids`` for spec ``want``, on ``device``.
+        """The knowledge of rows ``ids`` for spec ``want``, on ``device`` (default: CPU).
+
+        Values keep their storage dtypes (hidden states and attentions fp16, logits fp32);
+        indices are int64, ``token_mask`` bool.
 
         Args:
             ids: example ids ``[batch]`` (row numbers of the training set).
@@ -340,12 +455,14 @@ class CacheReader:
             k.token_mask = index >= 0
             k.token_index = index.clamp_min(0)
             if want.hidden:
-                values = torch.from_numpy(self.arrays["hidden"][ids][:, p, :n]).float()
+                # kept in the storage dtype (fp16): half the bytes to pin and copy; the losses
+                # compute in fp32 on the device
+                values = torch.from_numpy(np.ascontiguousarray(self.arrays["hidden"][ids][:, p, :n]))
                 mode = plan["width"]
                 if mode[0] == "all":
                     k.hidden = values
-                elif mode[0] == "select":
-                    k.dim_index = WIDTH[want.width](values, mode[1], want.seed)
+                elif mode[0] == "select":  # selection on exact fp16 values, done in fp32 on the CPU
+                    k.dim_index = WIDTH[want.width](values.float(), mode[1], want.seed)
                     k.hidden = select_dims(values, k.dim_index)
                 elif mode[0] == "positions":
                     k.hidden = values[..., mode[1]]
@@ -359,7 +476,7 @@ class CacheReader:
                         k.dim_index = torch.from_numpy(np.array(self.arrays["dims"][:w]))
             if want.attentions:
                 att = self.arrays["attentions"][ids][:, p, :, :n, :seq_len]
-                k.attentions = torch.from_numpy(att).float()
+                k.attentions = torch.from_numpy(np.ascontiguousarray(att))
         if device is not None:
             for name in ("logits", "hidden", "token_index", "token_mask", "dim_index", "attentions"):
                 value = getattr(k, name)

@@ -63,6 +63,12 @@ OPTIONS = {
     "max_steps": (int, "stop each stage after N steps (overrides epochs)", TRAIN),
     "save_steps": (int, "checkpoint every N steps (default: every epoch)", TRAIN),
     "logging_steps": (int, "log every N steps", TRAIN),
+    "device": (str, "cpu, cuda, cuda:N or mps (default: the GPU when there is one, else the CPU)", DATA),
+    "bf16": (None, "bf16 mixed precision (CUDA with bf16, or the CPU); the teacher runs in bf16", DATA),
+    "fp16": (None, "fp16 mixed precision (CUDA only); the teacher runs in fp16", DATA),
+    "gradient_accumulation_steps": (int, "accumulate gradients over N batches per optimizer step", TRAIN),
+    "dataloader_num_workers": (int, "DataLoader worker processes (default: 2 on CUDA, 0 on the CPU)", TRAIN),
+    "torch_compile": (None, "compile the student with torch.compile", TRAIN),
     "output_dir": (str, "where to write", ("finetune", "cache", "distill", "run", "sweep")),
     "overwrite": (None, "replace what --output-dir holds", ("finetune", "cache", "distill", "run")),
     "resume": (None, "continue the run in --output-dir from its last checkpoint", TRAIN),
@@ -99,11 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         for name, (kind, text, where) in OPTIONS.items():
             if command not in where or (command == "evaluate" and name == "model"):
                 continue
-            flag = "--" + name.replace("_", "-")
+            # both spellings, as in the Hugging Face example scripts: --output-dir and --output_dir
+            flags = dict.fromkeys(["--" + name.replace("_", "-"), "--" + name])
             if kind is None:
-                p.add_argument(flag, action="store_true", default=None, help=text)
+                p.add_argument(*flags, dest=name, action="store_true", default=None, help=text)
             else:
-                p.add_argument(flag, type=kind, default=None, help=text)
+                p.add_argument(*flags, dest=name, type=kind, default=None, help=text)
     return parser
 
 
@@ -128,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args)
         if settings.quiet:
             _silence()
+        from hskd.device import pin_process_to
+
+        pin_process_to(settings.device)
         out = settings.output_dir
         existed = out is not None and Path(out).expanduser().exists()
         return _dispatch(args, settings)

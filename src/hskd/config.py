@@ -66,6 +66,13 @@ class Settings:
     max_steps: int | None = None
     save_steps: int | None = None
     logging_steps: int = 50
+    # device and precision
+    device: str | None = None  # None: the accelerator when there is one, else the CPU
+    bf16: bool = False
+    fp16: bool = False
+    gradient_accumulation_steps: int = 1
+    dataloader_num_workers: int | None = None  # None: 2 on CUDA, 0 elsewhere
+    torch_compile: bool = False
     # run control
     output_dir: str | None = None
     overwrite: bool = False
@@ -79,10 +86,13 @@ class Settings:
         data.pop("callbacks")
         return data
 
-    def save(self, path: Path) -> None:
-        """Write the resolved settings as YAML, atomically."""
+    def save(self, path: Path, environment: dict | None = None) -> None:
+        """Write the resolved settings as YAML, atomically. ``environment`` (device, precision,
+        versions) is written as comments at the top, so that the file still loads as
+        ``--config``."""
+        head = "".join(f"# {k}: {v}\n" for k, v in (environment or {}).items())
         tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_yaml_dict(), sort_keys=False))
+        tmp.write_text(head + yaml.safe_dump(self.to_yaml_dict(), sort_keys=False))
         tmp.replace(path)
 
 

@@ -1,7 +1,8 @@
 """Distillation losses: pure functions, tensors in, scalar out.
 
 Each docstring gives the paper's equation and the reduction, so that published weights
-(alpha, beta, T) carry over.
+(alpha, beta, T) carry over. Every loss is computed in fp32, whatever the dtype of its inputs
+(bf16/fp16 student outputs under mixed precision, fp16 values from the cache).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels: ``[batch]`` class ids, or float targets for regression.
     Returns: the mean over the batch.
     """
+    logits = logits.float()  # fp32 under mixed precision
     if logits.size(-1) == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        return F.mse_loss(logits.squeeze(-1), labels.float())
     return F.cross_entropy(logits, labels)
 
 
@@ -37,7 +39,7 @@ def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         student_logits, teacher_logits: ``[batch, num_labels]``.
     """
     if student_logits.size(-1) == 1:
-        return F.mse_loss(student_logits, teacher_logits.to(student_logits.dtype))
+        return F.mse_loss(student_logits.float(), teacher_logits.float())
     t = temperature
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
@@ -56,8 +58,8 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor)
         mask: ``[batch, pairs, tokens]``, true where the token is real (not padding or an
             unfilled selection slot).
     """
-    mask = mask.to(student.dtype)
-    sq = (student - teacher.to(student.dtype)).pow(2).sum(-1) * mask  # [batch, pairs, tokens]
+    student, mask = student.float(), mask.float()  # fp32 under mixed precision and for fp16 caches
+    sq = (student - teacher.float()).pow(2).sum(-1) * mask  # [batch, pairs, tokens]
     count = mask.sum(dim=(0, 2)).clamp_min(1.0) * student.size(-1)  # [pairs]
     return (sq.sum(dim=(0, 2)) / count).sum()
 

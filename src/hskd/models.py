@@ -207,6 +207,22 @@ class Projection(nn.Module):
         return nn.functional.linear(x, self.linear.weight[out_index], self.linear.bias[out_index])
 
 
+def model_inputs(inputs: dict, dtype: torch.dtype) -> dict:
+    """The inputs to give an encoder, with the ``[batch, seq]`` 0/1 attention mask turned into
+    the additive ``[batch, 1, 1, seq]`` mask (0 where attended, ``dtype``'s minimum at padding).
+
+    Why: given a 2D mask, transformers' SDPA path tests ``padding_mask.all()`` on every forward
+    (to drop the mask when nothing is padded), which stops the host until the GPU has finished
+    all queued work. A 4D mask is used as it is, so the forward queues without waiting. The
+    scores are the same: padded keys get no weight either way.
+    """
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return inputs
+    bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    return {**inputs, "attention_mask": bias}
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())

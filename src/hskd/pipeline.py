@@ -22,13 +22,19 @@ from hskd import models
 from hskd.cache import CacheReader, barrier, partial_dir, write_cache
 from hskd.config import Settings
 from hskd.data import MODEL_INPUTS, Collator, tokenize
+from hskd.device import check_precision, device_description, environment, precision_dtype, resolve_device, synchronize
 from hskd.errors import HskdError
 from hskd.recipes import RECIPES, recipe_spec, recipe_stages
 from hskd.tasks import TaskData, compute_metrics, custom_task, get_task, load_custom, load_glue
 from hskd.train import CachedKnowledge, DistillationModel, OnlineTeacher, run_stage
 
 RECORD = "hskd.json"
-RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache"}
+# Settings that do not change a run's result: a run may resume with other values of these.
+RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache", "device",
+               "dataloader_num_workers", "torch_compile"}
+# Settings that change the result but came later: left out of the fingerprint at their default,
+# so that runs made before them are still recognised (reused, resumed).
+LATER_DEFAULTS = {"bf16": False, "fp16": False, "gradient_accumulation_steps": 1}
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -77,15 +83,16 @@ def max_length(s: Settings, data: TaskData) -> int:
 
 COMMON = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "labels",
           "task_type", "max_train_samples", "max_eval_samples", "max_seq_length", "num_train_epochs",
-          "batch_size", "eval_batch_size", "warmup_ratio", "weight_decay", "seed", "max_steps", "save_steps")
+          "batch_size", "eval_batch_size", "warmup_ratio", "weight_decay", "seed", "max_steps", "save_steps",
+          *LATER_DEFAULTS)
 
 
 def fingerprint_settings(s: Settings, job: str, backbone=None, layers=None) -> dict:
     """The settings that define a job's result: a directory holding other settings holds a
     different run. Fine-tuning ignores distillation settings, so `run` can reuse a teacher."""
-    data = s.to_yaml_dict()
+    data = {k: v for k, v in s.to_yaml_dict().items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
     if job == "finetune":
-        keep = {k: data[k] for k in COMMON}
+        keep = {k: data[k] for k in COMMON if k in data}
         return {"job": job, "backbone": backbone, "layers": layers, "learning_rate": s.learning_rate, **keep}
     return {"job": job, **{k: v for k, v in data.items() if k not in RUN_CONTROL}}
 
@@ -133,13 +140,13 @@ def start_output(out: Path, state: str, job: str, settings_fp: dict, s: Settings
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_record(out, {"job": job, "status": "running", "settings": settings_fp})
-    s.save(out / "config.yaml")
+    s.save(out / "config.yaml", environment=run_environment(s))
 
 
-def write_record(out: Path, data: dict) -> None:
-    tmp = out / (RECORD + ".tmp")
+def write_record(out: Path, data: dict, name: str = RECORD) -> None:
+    tmp = out / (name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, out / RECORD)
+    os.replace(tmp, out / name)
 
 
 def read_record(out: Path) -> dict:
@@ -160,6 +167,22 @@ def export_model(model, tokenizer, out: Path) -> None:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_device(s: Settings) -> torch.device:
+    """The device of this run (``--device`` or the accelerator), with its precision checked.
+
+    Raises:
+        HskdError: the device is not there, or cannot run ``--bf16``/``--fp16``.
+    """
+    device = resolve_device(s.device)
+    check_precision(device, s.bf16, s.fp16)
+    return device
+
+
+def run_environment(s: Settings) -> dict:
+    """Device, precision and versions, for ``config.yaml`` and ``hskd.json``."""
+    return environment(resolve_device(s.device), s.bf16, s.fp16)
 
 
 # ------------------------------------------------------------------------------- jobs
@@ -196,6 +219,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     """
     set_seed(s.seed)
     s = _copy(s, learning_rate=learning_rate)
+    device = run_device(s)
     fp = fingerprint_settings(s, job, backbone, layers)
     out, state = prepare_output(s.output_dir, job, fp, s, reuse=reuse)
     if state == "complete":
@@ -245,7 +269,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     source = None
     if spec is not None:
         source = CachedKnowledge(reader, spec, pairs) if reader else OnlineTeacher(
-            teacher, spec, pairs, student_tok.sep_token_id)
+            teacher, spec, pairs, student_tok.sep_token_id, device=device, dtype=precision_dtype(s.bf16, s.fp16))
     collator = Collator(student_tok)
     stage_results = []
     for i, stage in enumerate(stages):
@@ -269,7 +293,8 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
               "train_examples_per_second": train_examples / train_seconds if train_seconds else None,
               "knowledge": spec.to_dict() if spec else None, "layer_pairs": pairs,
               "cache": str(s.cache) if reader else None,
-              "cache_megabytes": reader.manifest["megabytes"] if reader else None}
+              "cache_megabytes": reader.manifest["megabytes"] if reader else None,
+              "environment": run_environment(s)}
     if not is_main_process():
         return record
     export_model(wrapper.student, student_tok, out)
@@ -313,6 +338,7 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     if not s.output_dir:
         raise HskdError("give --output-dir CACHE_DIR")
     spec = cache_spec(s)
+    device = run_device(s)
     out = Path(s.output_dir).expanduser()
     if (out / "manifest.json").exists() and not s.overwrite:
         raise HskdError(f"{out} already holds a cache; pass --overwrite to rebuild it")
@@ -335,9 +361,10 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")  # each rank writes a disjoint range of rows
     ds = tokenize(data.train, tok, max_len)
+    teacher.to(device=device, dtype=precision_dtype(s.bf16, s.fp16))
     manifest = write_cache(out, teacher, ds, Collator(tok), spec, pairs, fp, tok.sep_token_id, max_len,
                            batch_size=s.eval_batch_size, stop_after_batches=stop_after_batches,
-                           progress=not s.quiet)
+                           progress=not s.quiet, environment=run_environment(s))
     return manifest
 
 
@@ -371,22 +398,29 @@ def evaluate_model(model_dir: str | Path, data: TaskData, s: Settings) -> dict:
     import numpy as np
 
     model_dir = Path(model_dir)
+    device = run_device(s)
     model = models.load_classifier(str(model_dir), None).eval()
     models.check_labels(model, data.task, "model")
+    model.to(device)
+    # --bf16/--fp16 evaluate under autocast, as the Trainer's evaluation does
+    autocast = torch.autocast(device.type, dtype=precision_dtype(s.bf16, s.fp16), enabled=s.bf16 or s.fp16)
     tok = models.load_tokenizer(str(model_dir))
     max_len = max_length(s, data)
     collate = Collator(tok)
+    wall = time.perf_counter()
     splits, seconds, count = {}, 0.0, 0
     for name, split in data.dev.items():
         ds = tokenize(split, tok, max_len)
         logits, labels = [], []
         for lo in range(0, len(ds), s.eval_batch_size):
             batch = collate([ds[i] for i in range(lo, min(len(ds), lo + s.eval_batch_size))])
+            synchronize(device)
             start = time.perf_counter()
-            with torch.inference_mode():
-                out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+            with torch.inference_mode(), autocast:
+                out = model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch})
+                batch_logits = out.logits.float().cpu()  # waits for the device: the timing is complete
             seconds += time.perf_counter() - start
-            logits.append(out.logits.float().numpy())
+            logits.append(batch_logits.numpy())
             labels.append(batch["labels"].numpy())
         count += len(ds)
         splits[name] = compute_metrics(data.task, np.concatenate(logits), np.concatenate(labels))
@@ -394,7 +428,8 @@ def evaluate_model(model_dir: str | Path, data: TaskData, s: Settings) -> dict:
     return {"dev": splits, "main_metric": data.task.main_metric, "main_value": main,
             "eval_examples_per_second": count / seconds,
             "parameters": models.count_parameters(model), "layers": model.config.num_hidden_layers,
-            "hidden_size": model.config.hidden_size}
+            "hidden_size": model.config.hidden_size, "device": device_description(device),
+            "eval_seconds": time.perf_counter() - wall}
 
 
 def evaluate(s: Settings, model_dir: str) -> dict:
@@ -430,7 +465,7 @@ def run(s: Settings) -> dict:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps({"settings": fp, "status": "running"}, indent=2, default=str))
-        s.save(out / "config.yaml")
+        s.save(out / "config.yaml", environment=run_environment(s))
     child = dict(overwrite=False, resume=True)
     start = time.perf_counter()
     teacher = _train_job(_copy(s, output_dir=str(out / "teacher"), recipe="finetune", **child), "finetune",
@@ -438,13 +473,37 @@ def run(s: Settings) -> dict:
     baseline = _train_job(_copy(s, output_dir=str(out / "student-finetune"), recipe="finetune", **child),
                           "finetune", backbone=s.student_model, layers=parse_layers(s.student_layers),
                           learning_rate=s.student_learning_rate, reuse=True, hidden_size=s.student_hidden_size)
-    student = _train_job(_copy(s, output_dir=str(out / "student"), teacher=str(out / "teacher"), **child),
-                         "distill", backbone=s.student_model, layers=parse_layers(s.student_layers),
+    student_s = _copy(s, output_dir=str(out / "student"), teacher=str(out / "teacher"), **child)
+    cache = None
+    if s.recipe == "mud" and not s.cache:  # MUD's point: extract the HSK once, train without the teacher
+        cache_dir = out / "cache"
+        if not (cache_dir / "manifest.json").is_file():
+            make_cache(_copy(student_s, output_dir=str(cache_dir), overwrite=False))
+        barrier()
+        cache = CacheReader(cache_dir, verify=False).manifest
+        student_s = _copy(student_s, cache=str(cache_dir))
+    student = _train_job(student_s, "distill", backbone=s.student_model, layers=parse_layers(s.student_layers),
                          learning_rate=s.student_learning_rate, reuse=True, hidden_size=s.student_hidden_size)
     results = {"teacher": teacher, "student-finetune": baseline, "student": student}
     if not main:
         return {}
-    metrics = write_run_report(out, results, s)
-    (out / "run.json").write_text(json.dumps({"settings": fp, "status": "complete",
-                                              "seconds": time.perf_counter() - start}, indent=2, default=str))
+    timings = stage_timings(results, cache)
+    metrics = write_run_report(out, results, s, timings)
+    write_record(out, {"settings": fp, "status": "complete", "seconds": time.perf_counter() - start,
+                       "timings": timings, "environment": run_environment(s)}, name="run.json")
     return metrics
+
+
+def stage_timings(results: dict[str, dict], cache: dict | None) -> list[dict]:
+    """Wall-clock seconds of each stage of ``hskd run``, in order: training of each model (one
+    row per stage of a multi-stage recipe), the cache extraction, and each evaluation. Records
+    that were reused from an earlier run keep the times measured then."""
+    rows = []
+    for name, rec in results.items():
+        if name == "student" and cache is not None:
+            rows.append({"stage": "cache (extraction)", "seconds": cache.get("extract_seconds")})
+        for stage in rec.get("stages", []):
+            label = name if len(rec["stages"]) == 1 else f"{name}: {stage.get('stage')}"
+            rows.append({"stage": f"{label} (training)", "seconds": stage.get("train_seconds")})
+        rows.append({"stage": f"{name} (evaluation)", "seconds": rec.get("eval", {}).get("eval_seconds")})
+    return rows

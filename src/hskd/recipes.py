@@ -69,7 +69,8 @@ class Objective:
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, knowledge: Knowledge | None,
                  student_hidden: torch.Tensor | None, student_att: torch.Tensor | None,
                  key_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Returns the scalar loss and its named parts (floats, for logging)."""
+        """Returns the scalar loss (fp32) and its named parts (detached scalar tensors, for
+        logging: turning them into floats here would stop the host every step)."""
         parts: dict[str, torch.Tensor] = {}
         if self.ce:
             parts["ce"] = self.ce * losses.task_loss(logits, labels)
@@ -91,7 +92,7 @@ class Objective:
             parts["attention_kl"] = self.attention * losses.attention_kl(
                 pick(student_att), t_att, pick(knowledge.token_mask), keys)
         total = sum(parts.values())
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
 
 @dataclass

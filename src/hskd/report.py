@@ -35,7 +35,15 @@ def markdown_table(rows: list[dict], reference: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_run_report(out: Path, results: dict[str, dict], settings) -> dict:
+def timings_table(timings: list[dict]) -> str:
+    """Wall-clock seconds per stage of a run (see :func:`hskd.pipeline.stage_timings`)."""
+    lines = ["| stage | wall-clock (s) |", "|---|---|"]
+    for t in timings:
+        lines.append(f"| {t['stage']} | {'-' if t['seconds'] is None else format(t['seconds'], '.1f')} |")
+    return "\n".join(lines)
+
+
+def write_run_report(out: Path, results: dict[str, dict], settings, timings: list[dict] | None = None) -> dict:
     """Write ``metrics.json`` and ``report.md`` for ``hskd run``, print the table, and return the
     metrics."""
     rows = [_row(name, rec) for name, rec in results.items()]
@@ -50,6 +58,10 @@ def write_run_report(out: Path, results: dict[str, dict], settings) -> dict:
             f"recipe `{settings.recipe}`. Training rows: "
             f"{settings.max_train_samples or 'all'}; epochs: {settings.num_train_epochs:g}. "
             "Speed-up is dev inference relative to the teacher.\n\n" + table + "\n")
+    if timings:
+        env = results["student"].get("environment") or {}
+        where = f" on {env['device']}, {env['precision']}" if env else ""
+        text += f"\n## Wall-clock per stage{where}\n\n" + timings_table(timings) + "\n"
     (out / "report.md").write_text(text)
     print(text)
     return metrics
