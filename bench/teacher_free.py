@@ -149,8 +149,9 @@ def run_mode(setup: str, mode: str, a) -> dict:
     from hskd.data import Collator
     from hskd.device import device_description, precision_dtype, resolve_device
     from hskd.knowledge import parse_budget
-    from hskd.recipes import Objective
-    from hskd.train import CachedKnowledge, DistillationModel, DistillationTrainer, OnlineTeacher
+    from hskd.sources import CachedKnowledge, OnlineTeacher
+    from hskd.terms import Objective
+    from hskd.train import DistillationModel, DistillationTrainer
 
     device = resolve_device(a.device)
     bf16 = a.precision == "bf16"
@@ -159,20 +160,20 @@ def run_mode(setup: str, mode: str, a) -> dict:
     steps = window * a.repeats
     ds, tok = dataset(a.data_dir, (steps + warmup) * batch)
     teacher, student = build(setup, attentions=spec.attentions)
-    pairs = spec.layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    objective, source = Objective(), None
+    plan = spec.resolve(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    objective, source = Objective.of(), None
     teacher_hidden = teacher.config.hidden_size
     if mode != "finetune":
-        objective = Objective(ce=0.5, kd=0.5, temperature=1.0, hidden=1.0)
+        objective = Objective.of(ce=0.5, kd=0.5, temperature=1.0, hidden=1.0)
         if mode == "online":
-            source = OnlineTeacher(teacher, spec, pairs, tok.sep_token_id, device=device,
+            source = OnlineTeacher(teacher, plan, tok.sep_token_id, device=device,
                                    dtype=precision_dtype(bf16=bf16))
         else:
             del teacher  # teacher-free: the teacher is not in memory while training
-            source = CachedKnowledge(CacheReader(a.cache_dir), spec, pairs)
+            source = CachedKnowledge(CacheReader(a.cache_dir), plan)
     else:
         del teacher
-    model = DistillationModel(student, teacher_hidden)
+    model = DistillationModel(student, teacher_hidden, plan)
     timer = Timer(warmup, window, device)
     util = Utilisation(device)
     if device.type == "cuda":
@@ -187,7 +188,7 @@ def run_mode(setup: str, mode: str, a) -> dict:
                                  accelerator_config={"non_blocking": device.type == "cuda"},
                                  logging_nan_inf_filter=False)
         trainer = DistillationTrainer(model=model, args=args, data_collator=Collator(tok), train_dataset=ds,
-                                      objective=objective, knowledge_source=source, pairs=pairs,
+                                      objective=objective, knowledge_source=source,
                                       callbacks=[timer.callback])
         util.start()
         trainer.train()
@@ -239,13 +240,13 @@ def run_extract(setup: str, a) -> dict:
     bare = rows / statistics.median(one_pass() for _ in range(a.repeats))
     teacher, _ = build(setup, attentions=spec.attentions)
     teacher.eval().to(device=device, dtype=dtype)
-    pairs = spec.layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    plan = spec.resolve(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     with tempfile.TemporaryDirectory() as warm:  # the same warm-up for extraction
-        write_cache(Path(warm) / "c", teacher, ds.select(range(min(rows, 3 * batch))), collator, spec, pairs,
+        write_cache(Path(warm) / "c", teacher, ds.select(range(min(rows, 3 * batch))), collator, plan,
                     {"rows": 0}, tok.sep_token_id, 64, batch_size=batch, progress=False)
     synchronize(device)
     start = time.perf_counter()
-    manifest = write_cache(a.cache_dir, teacher, ds, collator, spec, pairs, {"rows": rows}, tok.sep_token_id, 64,
+    manifest = write_cache(a.cache_dir, teacher, ds, collator, plan, {"rows": rows}, tok.sep_token_id, 64,
                            batch_size=batch, progress=False)
     synchronize(device)
     extract = rows / (time.perf_counter() - start)

@@ -14,11 +14,12 @@ from hskd.cache import CacheReader, write_cache
 from hskd.config import Settings
 from hskd.data import Collator, tokenize
 from hskd.errors import HskdError
-from hskd.knowledge import KnowledgeSpec, parse_budget
+from hskd.knowledge import KnowledgeSpec, Plan, parse_budget
 from hskd.models import build_student, load_classifier, load_tokenizer
 from hskd.pipeline import load_data
-from hskd.recipes import Objective
-from hskd.train import CachedKnowledge, DistillationModel, OnlineTeacher
+from hskd.sources import CachedKnowledge, OnlineTeacher
+from hskd.terms import Objective
+from hskd.train import DistillationModel
 from tests.conftest import TINY, run_cli
 
 MAX_LEN = 32
@@ -37,27 +38,26 @@ def setup(tiny_teacher, tiny_glue, tiny_narrow):
 
 def _cache(tmp_path, setup, spec, name="cache", **kw):
     teacher, tok, ds, student = setup
-    pairs = spec.layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    write_cache(tmp_path / name, teacher, ds, Collator(tok), spec, pairs, {"rows": len(ds)}, tok.sep_token_id,
+    plan = spec.resolve(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    write_cache(tmp_path / name, teacher, ds, Collator(tok), plan, {"rows": len(ds)}, tok.sep_token_id,
                 MAX_LEN, batch_size=5, flush_every=1, progress=False, **kw)
-    return CacheReader(tmp_path / name), pairs
+    return CacheReader(tmp_path / name), plan
 
 
-def _losses(setup, spec, pairs, reader, cache_spec_reader_pairs=None):
+def _losses(setup, plan, reader):
     """Hidden (and attention) loss of one batch, online and from the cache."""
     teacher, tok, ds, student = setup
     features = [ds[i] for i in (7, 0, 12, 3)]  # not an extraction batch
-    model = DistillationModel(student, teacher.config.hidden_size).eval()
-    objective = Objective(ce=0, hidden=1.0 if spec.hidden else 0, attention=1.0 if spec.attentions else 0)
+    spec = plan.spec
+    model = DistillationModel(student, teacher.config.hidden_size, plan).eval()
+    model.objective = Objective.of(ce=0, hidden=1.0 if spec.hidden else 0, attention=1.0 if spec.attentions else 0)
     results = []
-    for source in (OnlineTeacher(teacher, spec, pairs, tok.sep_token_id), CachedKnowledge(reader, spec, pairs)):
+    for source in (OnlineTeacher(teacher, plan, tok.sep_token_id), CachedKnowledge(reader, plan)):
         batch = source.collator(Collator(tok))(features)  # the cache is read here, as in training
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
         k = source(inputs, batch.get("knowledge"))
         with torch.no_grad():
-            out, h, a = model(knowledge=k, pairs=pairs, output_hidden_states=True,
-                              output_attentions=spec.attentions, **inputs)
-            loss, parts = objective(out.logits, batch["labels"], k, h, a, inputs["attention_mask"])
+            out, loss, parts = model(knowledge=k, labels=batch["labels"], example_id=batch["example_id"], **inputs)
         results.append((loss, k))
     return results
 
@@ -75,8 +75,8 @@ SPECS = [
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.length}-{s.width}-{'att' if s.attentions else 'h'}")
 def test_online_equals_cached(tmp_path, setup, spec):
-    reader, pairs = _cache(tmp_path, setup, spec)
-    (online, k_on), (cached, k_ca) = _losses(setup, spec, pairs, reader)
+    reader, plan = _cache(tmp_path, setup, spec)
+    (online, k_on), (cached, k_ca) = _losses(setup, plan, reader)
     assert torch.equal(k_on.token_index * k_on.token_mask, k_ca.token_index[..., : k_on.token_index.size(-1)]
                        * k_ca.token_mask[..., : k_on.token_index.size(-1)])
     assert torch.allclose(k_on.logits, k_ca.logits, atol=1e-5)
@@ -93,21 +93,20 @@ def test_a_larger_cache_serves_smaller_budgets_by_slicing(tmp_path, setup, small
     big = parse_budget("3l_6t", length="attention")  # all dims
     reader, _ = _cache(tmp_path, setup, big)
     _, _, _, student = setup
-    pairs = small.layer_pairs(student.config.num_hidden_layers, 4)
-    (online, _), (cached, _) = _losses(setup, small, pairs, reader)
+    (online, _), (cached, _) = _losses(setup, small.resolve(student.config.num_hidden_layers, 4), reader)
     assert torch.allclose(online, cached, rtol=2e-3, atol=1e-4)
 
 
 def test_slicing_refuses_what_the_cache_lacks(tmp_path, setup):
     reader, _ = _cache(tmp_path, setup, parse_budget("1l_3t_0.5h", length="left", width="random"))
     with pytest.raises(HskdError, match="lacks layer pairs"):
-        reader.plan(parse_budget("2l_3t_0.5h", length="left", width="random"), [(1, 2), (2, 4)])
+        reader.serving(Plan(parse_budget("2l_3t_0.5h", length="left", width="random"), tuple([(1, 2), (2, 4)]), 2, 4))
     with pytest.raises(HskdError, match="tokens"):
-        reader.plan(parse_budget("1l_4t_0.5h", length="left", width="random"), [(2, 4)])
+        reader.serving(Plan(parse_budget("1l_4t_0.5h", length="left", width="random"), tuple([(2, 4)]), 2, 4))
     with pytest.raises(HskdError, match="length strategy"):
-        reader.plan(parse_budget("1l_2t_0.5h", length="attention", width="random"), [(2, 4)])
+        reader.serving(Plan(parse_budget("1l_2t_0.5h", length="attention", width="random"), tuple([(2, 4)]), 2, 4))
     with pytest.raises(HskdError, match="width"):
-        reader.plan(parse_budget("1l_2t_0.5h", length="left", width="magnitude"), [(2, 4)])
+        reader.serving(Plan(parse_budget("1l_2t_0.5h", length="left", width="magnitude"), tuple([(2, 4)]), 2, 4))
 
 
 def _arrays(folder: Path) -> dict:

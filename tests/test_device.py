@@ -17,11 +17,12 @@ from hskd.config import Settings
 from hskd.data import Collator, tokenize
 from hskd.device import check_precision, resolve_device
 from hskd.errors import HskdError
-from hskd.knowledge import parse_budget
+from hskd.knowledge import Knowledge, parse_budget
 from hskd.models import build_student, load_classifier, load_tokenizer
 from hskd.pipeline import load_data
-from hskd.recipes import Objective
-from hskd.train import CachedKnowledge, DistillationModel, DistillationTrainer, OnlineTeacher
+from hskd.sources import CachedKnowledge, OnlineTeacher
+from hskd.terms import LossInputs, Objective
+from hskd.train import DistillationModel, DistillationTrainer
 from tests.conftest import TINY, run_cli
 
 HAS_CUDA = torch.cuda.is_available()
@@ -100,9 +101,9 @@ def test_losses_are_fp32_under_mixed_precision():
     assert torch.equal(got, want)
     logits, labels = torch.randn(4, 3).bfloat16(), torch.tensor([0, 2, 1, 0])
     teacher = torch.randn(4, 3)
-    objective = Objective(ce=0.5, kd=0.5, temperature=2.0)
+    objective = Objective.of(ce=0.5, kd=0.5, temperature=2.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        total, parts = objective(logits, labels, type("K", (), {"logits": teacher})(), None, None, None)
+        total, parts = objective(LossInputs(logits=logits, labels=labels, knowledge=Knowledge(logits=teacher)))
     assert total.dtype == torch.float32
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in parts.values())  # no host sync
     ref = 0.5 * losses.task_loss(logits.float(), labels) + 0.5 * losses.soft_label_loss(logits.float(), teacher, 2.0)
@@ -125,7 +126,7 @@ def _one_sgd_step(tmp_path, ds, tok, batch: int, accumulate: int):
                              report_to="none", disable_tqdm=True, remove_unused_columns=False, label_names=["labels"],
                              train_sampling_strategy="group_by_length", seed=0, use_cpu=True)
     trainer = DistillationTrainer(model=model, args=args, data_collator=Collator(tok), train_dataset=ds,
-                                  objective=Objective())
+                                  objective=Objective.of())
     trainer.train()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -152,16 +153,16 @@ def cached(tmp_path_factory, tiny_teacher, tiny_glue, tiny_narrow):
     ds = tokenize(data.train, tok, 32)
     spec = parse_budget("2l_4t_0.5h", length="attention", width="magnitude", logits=True)
     student = build_student(str(tiny_narrow), data.task)
-    pairs = spec.layer_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    plan = spec.resolve(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     out = tmp_path_factory.mktemp("cache") / "c"
-    write_cache(out, teacher, ds, Collator(tok), spec, pairs, {"rows": len(ds)}, tok.sep_token_id, 32,
+    write_cache(out, teacher, ds, Collator(tok), plan, {"rows": len(ds)}, tok.sep_token_id, 32,
                 batch_size=5, flush_every=1, progress=False)
-    return teacher, tok, ds, spec, pairs, CacheReader(out), student
+    return teacher, tok, ds, plan, CacheReader(out), student
 
 
 def test_cache_rows_are_read_in_dataloader_workers(cached):
-    teacher, tok, ds, spec, pairs, reader, _ = cached
-    source = CachedKnowledge(reader, spec, pairs)
+    teacher, tok, ds, plan, reader, _ = cached
+    source = CachedKnowledge(reader, plan)
     collate = source.collator(Collator(tok))
     copy = pickle.loads(pickle.dumps(reader))  # what a spawned worker gets: maps reopened, not copied
     assert copy.arrays["hidden"].shape == reader.arrays["hidden"].shape
@@ -169,7 +170,7 @@ def test_cache_rows_are_read_in_dataloader_workers(cached):
                                          num_workers=2)
     seen = 0
     for batch in loader:
-        direct = reader.read(batch["example_id"].numpy(), spec, pairs, seq_len=batch["input_ids"].size(1))
+        direct = reader.read(batch["example_id"].numpy(), plan, seq_len=batch["input_ids"].size(1))
         k = source({"input_ids": batch["input_ids"]}, batch["knowledge"])
         assert torch.equal(k.hidden, direct.hidden) and torch.equal(k.dim_index, direct.dim_index)
         assert k.hidden.dtype == torch.float16  # the storage dtype crosses to the device, not fp32
@@ -181,14 +182,14 @@ def test_cache_rows_are_read_in_dataloader_workers(cached):
 def test_a_failing_cache_writer_raises_and_leaves_no_finished_cache(tmp_path, cached, monkeypatch):
     from hskd import cache as cache_module
 
-    teacher, tok, ds, spec, pairs, _, _ = cached
+    teacher, tok, ds, plan, _, _ = cached
 
     def broken(self, *args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache_module._Writer, "_write", broken)
     with pytest.raises(OSError, match="No space left"):
-        write_cache(tmp_path / "c", teacher, ds, Collator(tok), spec, pairs, {"rows": len(ds)}, tok.sep_token_id,
+        write_cache(tmp_path / "c", teacher, ds, Collator(tok), plan, {"rows": len(ds)}, tok.sep_token_id,
                     32, batch_size=5, progress=False)
     assert not (tmp_path / "c").exists()
 
@@ -200,16 +201,15 @@ SYNC_OPS = ("aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::m
 def test_the_training_step_makes_no_host_sync(tmp_path, cached, mode):
     """``.item()``, ``.tolist()``, ``float(tensor)`` and data-dependent shapes all show up in the
     profile as these ops; on a GPU each one stops the host until the device catches up."""
-    teacher, tok, ds, spec, pairs, reader, student = cached
-    source = CachedKnowledge(reader, spec, pairs) if mode == "cache" else OnlineTeacher(
-        teacher, spec, pairs, tok.sep_token_id)
-    model = DistillationModel(student, teacher.config.hidden_size)
+    teacher, tok, ds, plan, reader, student = cached
+    source = CachedKnowledge(reader, plan) if mode == "cache" else OnlineTeacher(teacher, plan, tok.sep_token_id)
+    model = DistillationModel(student, teacher.config.hidden_size, plan)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, report_to="none",
                              remove_unused_columns=False, label_names=["labels"], use_cpu=True,
                              logging_nan_inf_filter=False)
     trainer = DistillationTrainer(model=model, args=args, data_collator=Collator(tok), train_dataset=ds,
-                                  objective=Objective(ce=0.5, kd=0.5, temperature=2.0, hidden=1.0),
-                                  knowledge_source=source, pairs=pairs)
+                                  objective=Objective.of(ce=0.5, kd=0.5, temperature=2.0, hidden=1.0),
+                                  knowledge_source=source)
     batch = next(iter(trainer.get_train_dataloader()))
     assert ("knowledge" in batch) == (mode == "cache")
     inputs = trainer._prepare_inputs(batch)

@@ -139,9 +139,9 @@ def test_gather_matches_extract_for_the_same_model():
             spec = KnowledgeSpec(hidden=True, attentions=length != "cls", depth="uniform", layers=2,
                                  length=length, tokens=3, width=width,
                                  width_fraction=1.0 if width == "all" else 0.5)
-            pairs = spec.layer_pairs(n, n)
-            k = extract(spec, pairs, out, batch)
-            s_hidden, s_att = gather(pairs, out, k, None)
+            plan = spec.resolve(n, n)
+            k = extract(plan, out, batch)
+            s_hidden, s_att = gather(plan, out, k, None)
             assert torch.allclose(s_hidden * k.token_mask[..., None], k.hidden), (length, width)
             if spec.attentions:
                 assert torch.allclose(s_att, k.attentions)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from hskd.config import Settings
-from hskd.recipes import RECIPE_DEFAULTS, recipe_stages
+from hskd.knowledge import KnowledgeSpec, Plan
+from hskd.recipes import recipe_defaults, recipe_stages
 from tests.conftest import TINY, run_cli
 
 ONLINE = [
@@ -60,15 +61,21 @@ def test_every_recipe_from_a_cache(tmp_path, tiny_glue, tiny_teacher, tiny_narro
 
 
 def test_ird_schedules_switch_layers_at_the_planned_epochs():
-    s = Settings(**{**RECIPE_DEFAULTS["ird"], "stage_epochs": 2, "num_train_epochs": 3, "ird_schedule": "progressive"})
-    stages = recipe_stages("ird", s, n_pairs=3)
-    assert [(st.name, st.epochs, st.objective.active_pairs) for st in stages] == [
-        ("layer1", 2, [0]), ("layer2", 2, [1]), ("layer3", 2, [2]), ("prediction", 3, None)]
-    assert stages[-1].objective.kd == 0.5 and stages[-1].objective.hidden == 0
+    s = Settings(**{**recipe_defaults("ird"), "stage_epochs": 2, "num_train_epochs": 3, "ird_schedule": "progressive"})
+    plan = Plan(KnowledgeSpec(logits=True, hidden=True, attentions=True), ((1, 2), (2, 4), (3, 6)), 3, 6)
+
+    def active(stage):
+        return {t.pairs if t.pairs is None else tuple(t.pairs) for t in stage.objective.terms}
+
+    stages = recipe_stages("ird", s, plan)
+    assert [(st.name, st.epochs, active(st)) for st in stages] == [
+        ("layer1", 2, {(0,)}), ("layer2", 2, {(1,)}), ("layer3", 2, {(2,)}), ("prediction", 3, {None})]
+    assert {t.name: t.weight for t in stages[-1].objective.terms} == {"ce": 0.5, "kd": 0.5}
+    assert {t.name for t in stages[0].objective.terms} == {"cosine", "attention_kl"}
     s.ird_schedule = "stacked"
-    assert [st.objective.active_pairs for st in recipe_stages("ird", s, 3)][:3] == [[0], [0, 1], [0, 1, 2]]
+    assert [active(st) for st in recipe_stages("ird", s, plan)][:3] == [{(0,)}, {(0, 1)}, {(0, 1, 2)}]
     s.ird_schedule = "all"
-    assert [st.objective.active_pairs for st in recipe_stages("ird", s, 3)] == [None, None]
+    assert [active(st) for st in recipe_stages("ird", s, plan)] == [{None}, {None}]
 
 
 def test_progressive_run_trains_each_stage_for_its_epochs(tmp_path, tiny_glue, tiny_teacher, tiny_narrow):
@@ -96,7 +103,7 @@ def test_resume_reaches_the_planned_step_count_and_the_same_weights(tmp_path, ti
     def settings(out, **kw):
         return Settings(task="SST-2", data_dir=str(tiny_glue), teacher=str(tiny_teacher), student_model=str(tiny_narrow),
                         student_layers="2", recipe="tinybert", output_dir=str(out), num_train_epochs=3,
-                        batch_size=4, save_steps=3, quiet=True, **RECIPE_DEFAULTS["tinybert"], **kw)
+                        batch_size=4, save_steps=3, quiet=True, **recipe_defaults("tinybert"), **kw)
 
     whole = distill(settings(tmp_path / "whole"))
     killed = settings(tmp_path / "killed")

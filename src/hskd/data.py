@@ -1,8 +1,12 @@
-"""Tokenization and batching: dynamic padding, with the example id kept for the cache."""
+"""What a job trains on: the task's splits per the settings, tokenized, and batched with
+dynamic padding, the example id kept for the cache."""
 
 from __future__ import annotations
 
 from transformers import DataCollatorWithPadding
+
+from hskd.errors import HskdError
+from hskd.tasks import TaskData, custom_task, get_task, load_custom, load_glue
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -36,3 +40,35 @@ class Collator:
     def __call__(self, features: list[dict]) -> dict:
         keep = (*MODEL_INPUTS, "labels", "example_id")
         return self.pad([{k: f[k] for k in keep if k in f} for f in features])
+
+
+def load_data(s, labels_from_model=None) -> TaskData:
+    """The task's train and dev splits, GLUE or custom, per the settings.
+
+    ``labels_from_model``: a teacher whose saved label order custom data must follow.
+    """
+    if s.train_file:
+        if not s.task:
+            raise HskdError("give --task NAME for custom data (any name)")
+        if not s.text_columns or not s.label_column:
+            raise HskdError("custom data needs --text-columns a[,b] and --label-column y")
+        labels = s.labels.split(",") if s.labels else None
+        if labels is None and labels_from_model is not None and s.task_type != "regression":
+            cfg = labels_from_model.config
+            labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
+        task = custom_task(s.task, s.text_columns.split(","), s.label_column, labels,
+                           s.task_type == "regression")
+        data = load_custom(task, s.train_file, s.validation_file, s.max_train_samples)
+    else:
+        if not s.task:
+            raise HskdError("give --task (a GLUE task such as SST-2, or a name for custom data)")
+        data = load_glue(get_task(s.task), s.data_dir, s.max_train_samples)
+    if s.max_eval_samples:
+        data.dev = {k: v.select(range(min(s.max_eval_samples, len(v)))) for k, v in data.dev.items()}
+    return data
+
+
+def max_length(s, data: TaskData) -> int:
+    """``--max-seq-length``, or the task's default (64 single sentences, 128 pairs)."""
+    return s.max_seq_length or data.task.max_seq_length
+

@@ -27,6 +27,12 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process writes shared output: always in a single process, rank 0 under
+    ``torchrun`` (the one rank check of hskd)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 

@@ -17,168 +17,12 @@ numbering. The self-attention that produced ``hidden_states[l]`` is ``attentions
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 
 from hskd.errors import HskdError
-
-DEPTH: dict[str, Callable] = {}
-LENGTH: dict[str, Callable] = {}
-WIDTH: dict[str, Callable] = {}
-
-
-def _register(registry: dict, name: str):
-    def wrap(fn):
-        registry[name] = fn
-        return fn
-    return wrap
-
-
-# ----------------------------------------------------------------------------------- depth
-@_register(DEPTH, "uniform")
-def depth_uniform(n_student: int, n_teacher: int, t_top: int | None = None) -> list[tuple[int, int]]:
-    """MUD Sec. 4.1 (after TinyBERT's uniform strategy): student index l = 0..n_s learns from
-    teacher index g(l, T_top) = round(l · T_top / n_s), with Python's round (half to even), as
-    in the authors' code. ``T_top`` (default n_t) is the highest teacher layer used, e.g. 12,
-    10 or 8 for a 12-layer teacher. The embedding output maps to 0."""
-    top = n_teacher if t_top is None else t_top
-    if not 1 <= top <= n_teacher:
-        raise HskdError(f"--t-top {top} must be between 1 and the teacher's {n_teacher} layers")
-    return [(l, round(l * top / n_student)) for l in range(n_student + 1)]
-
-
-@_register(DEPTH, "skip")
-def depth_skip(n_student: int, n_teacher: int, t_top: int | None = None) -> list[tuple[int, int]]:
-    """PKD-Skip (Sun et al., EMNLP 2019, Sec. 3.2): student layer j = 1..n_s−1 learns from
-    teacher layer j · n_t / n_s. The student's top layer is covered by the logit loss."""
-    return [(j, round(j * n_teacher / n_student)) for j in range(1, n_student)]
-
-
-@_register(DEPTH, "last")
-def depth_last(n_student: int, n_teacher: int, t_top: int | None = None) -> list[tuple[int, int]]:
-    """PKD-Last (Sun et al., EMNLP 2019, Sec. 3.2): student layers 1..n_s−1 learn from the
-    teacher's last n_s−1 layers before the top, n_t−n_s+1 .. n_t−1."""
-    return [(j, n_teacher - n_student + j) for j in range(1, n_student)]
-
-
-# ---------------------------------------------------------------------------------- length
-def _positions(batch: int, pairs: int, k: int, device) -> torch.Tensor:
-    return torch.arange(k, device=device).expand(batch, pairs, k)
-
-
-@_register(LENGTH, "all")
-def length_all(attention_mask, k, pairs, **_):
-    """All real tokens (TinyBERT's full HSK): every position, masked where padding."""
-    b, seq = attention_mask.shape
-    index = _positions(b, pairs, seq, attention_mask.device)
-    return index, attention_mask.bool()[:, None, :].expand(b, pairs, seq)
-
-
-@_register(LENGTH, "cls")
-def length_cls(attention_mask, k, pairs, **_):
-    """The [CLS] token only (position 0), as in PKD and Aguilar et al."""
-    b = attention_mask.size(0)
-    index = torch.zeros(b, pairs, 1, dtype=torch.long, device=attention_mask.device)
-    return index, torch.ones_like(index, dtype=torch.bool)
-
-
-@_register(LENGTH, "left")
-def length_left(attention_mask, k, pairs, **_):
-    """MUD Sec. 4.2, "left": the first k tokens ([CLS] first); slots past an example's end are
-    masked."""
-    b = attention_mask.size(0)
-    index = _positions(b, pairs, k, attention_mask.device)
-    lengths = attention_mask.sum(-1)
-    mask = index < lengths[:, None, None]
-    return index.clamp(max=attention_mask.size(1) - 1), mask
-
-
-def _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=None):
-    scores = cls_attention.float()  # [batch, pairs, seq]: head-averaged [CLS] row
-    invalid = ~attention_mask.bool()
-    if exclude is not None:
-        invalid = invalid | exclude
-    scores = scores.masked_fill(invalid[:, None, :], float("-inf"))
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    seq = scores.size(-1)
-    if k > seq:  # pad with unfilled slots
-        pad = torch.zeros(*order.shape[:2], k - seq, dtype=order.dtype, device=order.device)
-        order = torch.cat([order, pad], -1)
-        ranked = torch.cat([scores.gather(-1, order[..., :seq]),
-                            torch.full(pad.shape, float("-inf"), device=scores.device)], -1)
-    else:
-        order = order[..., :k]
-        ranked = scores.gather(-1, order)
-    return order, torch.isfinite(ranked)
-
-
-@_register(LENGTH, "attention")
-def length_attention(attention_mask, k, pairs, cls_attention=None, **_):
-    """MUD Sec. 4.2, attention-based: per example and layer pair, the top-k tokens by the
-    teacher's attention from the [CLS] query, averaged over heads (``cls_attention``
-    ``[batch, pairs, seq]``). The attention used is that of the teacher layer that produced the
-    distilled hidden state (the embedding slot uses layer 1's). Indices come in rank order, so a
-    prefix is the top-k' for any k' < k. Padding is never chosen; ties go to the earlier
-    position. (The authors rank pre-softmax scores averaged over heads; we average the
-    probabilities, as Hugging Face returns them.)"""
-    if cls_attention is None:
-        raise HskdError("the attention length strategy needs the teacher's attentions")
-    return _attention_ranked(attention_mask, k, pairs, cls_attention)
-
-
-@_register(LENGTH, "attention-no-sep")
-def length_attention_no_sep(attention_mask, k, pairs, cls_attention=None, input_ids=None,
-                            sep_token_id=None, **_):
-    """As ``attention``, with separator tokens excluded. The separator id comes from the
-    tokenizer, and separators are found per example (one for single sentences, two for pairs),
-    unlike the authors' code, which counts them in the batch's first example and hard-codes 102."""
-    if cls_attention is None or sep_token_id is None:
-        raise HskdError("attention-no-sep needs the teacher's attentions and the tokenizer's [SEP] id")
-    return _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=input_ids == sep_token_id)
-
-
-# ----------------------------------------------------------------------------------- width
-@_register(WIDTH, "all")
-def width_all(values, w, seed):
-    """All dimensions."""
-    return None
-
-
-@_register(WIDTH, "uniform")
-def width_uniform(values, w, seed):
-    """MUD Sec. 4.3, uniform: w evenly spaced dimensions, floor(i · d / w) for i < w; shared
-    by all examples, tokens and layers."""
-    d = values.size(-1)
-    return (torch.arange(w, device=values.device) * d) // w
-
-
-@_register(WIDTH, "random")
-def width_random(values, w, seed):
-    """MUD Sec. 4.3, random: w dimensions drawn without replacement with a seeded generator,
-    shared by all examples, tokens and layers, and stored with the cache. Kept in draw order,
-    so a prefix is the draw for any smaller width."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(values.size(-1), generator=gen)[:w].to(values.device)
-
-
-@_register(WIDTH, "magnitude")
-def width_magnitude(values, w, seed):
-    """MUD Sec. 4.3, magnitude: the w entries of largest |h|, chosen per example, layer pair and
-    token (so independent of batch composition), in rank order. The authors' code thresholds
-    over the whole batch tensor instead, which makes the choice depend on the batch."""
-    return values.abs().topk(w, dim=-1, sorted=True).indices
-
-
-def select_dims(values: torch.Tensor, dim_index: torch.Tensor | None) -> torch.Tensor:
-    """Take ``[..., d]`` at ``dim_index``: ``None`` (all), shared ``[w]`` or per-element
-    ``[batch, pairs, tokens, w]``."""
-    if dim_index is None:
-        return values
-    if dim_index.dim() == 1:
-        return values[..., dim_index]
-    return values.gather(-1, dim_index)
+from hskd.selectors import DEPTH, LENGTH, WIDTH, select_dims  # noqa: F401 - re-exported
 
 
 # ------------------------------------------------------------------------------------ spec
@@ -199,6 +43,8 @@ class KnowledgeSpec:
         width: ``all``, ``uniform``, ``random`` or ``magnitude``.
         width_fraction: kept fraction of the hidden size, in (0, 1].
         seed: seed of the ``random`` width selector.
+        relations: MiniLM's self-attention relations of the teacher's last layer (attention
+            distributions and value relations, all tokens; online only).
     """
 
     logits: bool = True
@@ -213,6 +59,7 @@ class KnowledgeSpec:
     width: str = "all"
     width_fraction: float = 1.0
     seed: int = 0
+    relations: bool = False
 
     def __post_init__(self):
         if self.depth not in DEPTH and self.depth != "list":
@@ -275,6 +122,16 @@ class KnowledgeSpec:
             raise HskdError("attention knowledge needs transformer layers: drop the embedding pair (0)")
         return pairs
 
+    def resolve(self, n_student: int, n_teacher: int) -> Plan:
+        """This spec against a student and a teacher: the :class:`Plan` everything downstream
+        takes (layer pairs computed here, once).
+
+        Raises:
+            HskdError: as :meth:`layer_pairs`.
+        """
+        pairs = self.layer_pairs(n_student, n_teacher) if (self.hidden or self.attentions) else []
+        return Plan(self, tuple(tuple(p) for p in pairs), n_student, n_teacher)
+
     def kept_width(self, hidden_size: int) -> int:
         """Number of kept dimensions: max(1, round(fraction · hidden_size))."""
         return max(1, round(self.width_fraction * hidden_size))
@@ -312,6 +169,34 @@ def parse_budget(text: str, depth: str = "uniform", length: str | None = None,
                          width=width, width_fraction=float(frac) if frac else 1.0, **extra)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A :class:`KnowledgeSpec` resolved once against a student of ``n_student`` layers and a
+    teacher of ``n_teacher``: its ``pairs`` ``((student, teacher), ...)`` and its token and
+    width budgets. Extraction, gathering, the cache and the loss terms all take the plan."""
+
+    spec: KnowledgeSpec
+    pairs: tuple
+    n_student: int
+    n_teacher: int
+
+    def tokens(self, max_seq_length: int) -> int:
+        """Token slots per layer pair: all positions, 1 for [CLS], else the spec's k."""
+        return {"all": max_seq_length, "cls": 1}.get(self.spec.length, self.spec.tokens)
+
+    def width(self, hidden_size: int) -> int:
+        """Kept dimensions of a ``hidden_size``-wide teacher state."""
+        return self.spec.kept_width(hidden_size)
+
+    def logits_only(self) -> Plan:
+        """The same teacher's soft labels alone (a prediction stage)."""
+        return Plan(KnowledgeSpec(logits=True), (), self.n_student, self.n_teacher)
+
+    @property
+    def needs_states(self) -> bool:
+        return self.spec.hidden or self.spec.attentions or self.spec.relations
+
+
 # ------------------------------------------------------------------------------- knowledge
 @dataclass
 class Knowledge:
@@ -324,6 +209,8 @@ class Knowledge:
         token_mask: ``[batch, pairs, tokens]`` true for real (non-padding) selections.
         dim_index: ``None`` (all dims), ``[width]`` shared, or ``[batch, pairs, tokens, width]``.
         attentions: ``[batch, pairs, heads, tokens, keys]`` attention rows of the selected tokens.
+        relations: ``[batch, 2, heads, seq, seq]``: the last layer's attention distributions and
+            value relations (MiniLM), all tokens.
     """
 
     logits: torch.Tensor | None = None
@@ -332,6 +219,7 @@ class Knowledge:
     token_mask: torch.Tensor | None = None
     dim_index: torch.Tensor | None = None
     attentions: torch.Tensor | None = None
+    relations: torch.Tensor | None = None
 
 
 def _stack_layers(states, indices) -> torch.Tensor:
@@ -344,12 +232,12 @@ def _take_tokens(states: torch.Tensor, token_index: torch.Tensor) -> torch.Tenso
     return states.gather(2, index[..., None].expand(-1, -1, -1, states.size(-1)))
 
 
-def extract(spec: KnowledgeSpec, pairs: list[tuple[int, int]], teacher_outputs, batch: dict,
-            sep_token_id: int | None = None, teacher=None) -> Knowledge:
-    """Select the teacher's knowledge for a batch.
+def extract(plan: Plan, teacher_outputs, batch: dict, sep_token_id: int | None = None,
+            teacher=None) -> Knowledge:
+    """Select the teacher's knowledge for a batch, as ``plan`` says.
 
     Args:
-        pairs: from :meth:`KnowledgeSpec.layer_pairs`.
+        plan: from :meth:`KnowledgeSpec.resolve`.
         teacher_outputs: a model output with ``logits``, and ``hidden_states`` (a tuple of
             ``[batch, seq, hidden]``, embedding first) / ``attentions`` (``[batch, heads, seq,
             seq]`` probabilities) when the spec needs them.
@@ -358,7 +246,13 @@ def extract(spec: KnowledgeSpec, pairs: list[tuple[int, int]], teacher_outputs, 
             rows are then computed from the hidden states (:func:`hskd.models.cls_attention`),
             so the teacher can run with fast (SDPA) attention that returns no attentions.
     """
+    spec, pairs = plan.spec, list(plan.pairs)
     knowledge = Knowledge(logits=teacher_outputs.logits.detach() if spec.logits else None)
+    if spec.relations:
+        from hskd.models import attention_relations
+
+        knowledge.relations = attention_relations(teacher, teacher_outputs.hidden_states, batch["attention_mask"],
+                                                  teacher.config.num_attention_heads).detach()
     if not (spec.hidden or spec.attentions):
         return knowledge
     mask = batch["attention_mask"]
@@ -392,7 +286,7 @@ def extract(spec: KnowledgeSpec, pairs: list[tuple[int, int]], teacher_outputs, 
     return knowledge
 
 
-def gather(pairs: list[tuple[int, int]], student_outputs, knowledge: Knowledge,
+def gather(plan: Plan, student_outputs, knowledge: Knowledge,
            projection=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The student's values at the teacher's layers, tokens and dimensions.
 
@@ -406,6 +300,7 @@ def gather(pairs: list[tuple[int, int]], student_outputs, knowledge: Knowledge,
         ``(hidden [batch, pairs, tokens, width] or None,
         attentions [batch, pairs, heads_s, tokens, keys] or None)``.
     """
+    pairs = plan.pairs
     hidden = attentions = None
     if knowledge.hidden is not None:
         states = _take_tokens(_stack_layers(student_outputs.hidden_states, [s for s, _ in pairs]),

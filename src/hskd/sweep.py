@@ -5,6 +5,7 @@ of HSK, one panel per dimension (depth, length, width) and one for joint compres
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from hskd.cache import CacheReader
 from hskd.config import Settings
 from hskd.errors import HskdError
 from hskd.knowledge import KnowledgeSpec
+from hskd.report import plot_marginal_utility
+from hskd.runs import write_atomic, write_json
 
 FIELDS = ["panel", "point", "layers", "tokens", "width", "hsk_fraction", "cache_bytes", "metric", "value",
           "train_seconds", "train_examples_per_second"]
@@ -98,7 +101,7 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
     if (s.length_strategy or "attention") in ("cls", "all") and length.strip() not in ("all", "1"):
         raise HskdError("--length-strategy cls/all cannot vary the token count; use left or attention")
     out = Path(s.output_dir).expanduser()
-    n_student = pipeline._student_depth(s)
+    n_student = pipeline.student_depth(s)
     points = grid(depth, length, width, n_student, full_grid)
     data = pipeline.load_data(s)
     max_len = pipeline.max_length(s, data)
@@ -109,9 +112,9 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
     cache_dir = out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     if not (cache_dir / "manifest.json").exists():
-        pipeline.make_cache(pipeline._copy(s, output_dir=str(cache_dir), knowledge=big.to_dict(), overwrite=False))
+        pipeline.make_cache(pipeline.with_changes(s, output_dir=str(cache_dir), knowledge=big.to_dict(), overwrite=False))
     reader = CacheReader(cache_dir)
-    baseline = pipeline._train_job(pipeline._copy(s, output_dir=str(out / "student-finetune"), recipe="finetune",
+    baseline = pipeline.train_job(pipeline.with_changes(s, output_dir=str(out / "student-finetune"), recipe="finetune",
                                                   resume=True), "finetune", backbone=s.student_model,
                                    layers=pipeline.parse_layers(s.student_layers),
                                    learning_rate=s.student_learning_rate, reuse=True,
@@ -122,14 +125,14 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
     rows = []
     for p in points:
         spec = point_spec(p, s, max_len)
-        pairs = spec.layer_pairs(n_student, reader.manifest["teacher_layers"])
-        child = pipeline._copy(s, output_dir=str(out / "points" / p.name), cache=str(cache_dir),
+        plan = spec.resolve(n_student, reader.manifest["teacher_layers"])
+        child = pipeline.with_changes(s, output_dir=str(out / "points" / p.name), cache=str(cache_dir),
                                knowledge=spec.to_dict(), recipe=s.recipe or "mud", resume=True)
-        record = pipeline._train_job(child, "distill", backbone=s.student_model,
+        record = pipeline.train_job(child, "distill", backbone=s.student_model,
                                      layers=pipeline.parse_layers(s.student_layers),
                                      learning_rate=s.student_learning_rate, reuse=True,
                                      hidden_size=s.student_hidden_size)
-        fraction = reader.hsk_fraction(spec, pairs)
+        fraction = reader.hsk_fraction(plan)
         rows.append({"panel": p.panel, "point": p.name, "layers": p.layers, "tokens": p.tokens or "all",
                      "width": p.width, "hsk_fraction": fraction,
                      "cache_bytes": int(round(fraction * reader.manifest["full_hsk_bytes"])),
@@ -139,52 +142,15 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
         _write_csv(out / "results.csv", rows)
     refs = {"teacher": teacher_eval["main_value"], "student-finetune": baseline["eval"]["main_value"]}
     subset = f" (first {s.max_train_samples:,} training rows)" if s.max_train_samples else ""
-    plot(rows, refs, out / "marginal_utility.png", title=f"{data.task.name}{subset}: dev {rows[0]['metric']} vs HSK")
-    (out / "references.json").write_text(json.dumps(refs, indent=2))
+    title = f"{data.task.name}{subset}: dev {rows[0]['metric']} vs HSK"
+    plot_marginal_utility(rows, refs, out / "marginal_utility.png", title=title)
+    write_json(out / "references.json", refs)
     return rows
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
-def plot(rows: list[dict], refs: dict, path: Path, title: str) -> None:
-    """Dev metric against the fraction of HSK (log x), one panel per dimension and one joint,
-    with the teacher and student-finetune as reference lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    panels = ["depth", "length", "width", "joint"]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4), sharey=True)
-    for ax, panel in zip(axes, panels):
-        pts = sorted((r for r in rows if r["panel"] == panel), key=lambda r: r["hsk_fraction"])
-        if pts:
-            xs = [max(r["hsk_fraction"], 1e-6) * 100 for r in pts]
-            ys = [r["value"] * 100 for r in pts]
-            ax.plot(xs, ys, "o-", color="tab:blue", label="distilled student")
-            for x, y, r in zip(xs, ys, pts):
-                ax.annotate(r["point"], (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
-        ax.axhline(refs["teacher"] * 100, color="tab:green", ls="--", label="teacher")
-        ax.axhline(refs["student-finetune"] * 100, color="tab:red", ls=":", label="student-finetune")
-        ax.set_xscale("log")
-        if pts:  # ticks at the measured fractions, as plain numbers (log ticks read as 3x10^1)
-            ax.set_xticks(xs)
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("HSK distilled (% of full, log scale)")
-        ax.set_title(f"{panel} compression")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"dev {rows[0]['metric'] if rows else 'metric'} (%)")
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())

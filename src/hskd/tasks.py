@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -128,36 +127,17 @@ class TaskData:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """The sha256 of a file's bytes (``hashlib.file_digest``: streamed, not read whole)."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _read_rows(path: Path, delimiter: str, header: bool, columns: list, skip_malformed: bool,
-               jsonl: bool = False) -> dict[str, list]:
+def _read_rows(path: Path, delimiter: str, header: bool, columns: list, skip_malformed: bool) -> dict[str, list]:
     """Read the wanted ``columns`` (names, or indices when there is no header) from a file."""
     if not path.is_file():
         raise HskdError(f"data file not found: {path} (check --data-dir, $GLUE_DIR or --train-file)")
     out = {c: [] for c in columns}
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        if jsonl:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise HskdError(f"{path}:{n}: not valid JSON ({exc.msg}); fix the line") from None
-                for c in columns:
-                    if c not in row:
-                        raise HskdError(
-                            f"{path}:{n}: no column {c!r} (it has {', '.join(row)}); "
-                            "fix --text-columns/--label-column")
-                    out[c].append(row[c])
-            return out
         reader = csv.reader(fh, delimiter=delimiter,
                             quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         index = {c: c for c in columns}
@@ -180,6 +160,29 @@ def _read_rows(path: Path, delimiter: str, header: bool, columns: list, skip_mal
             for c in columns:
                 out[c].append(row[index[c]])
     return out
+
+
+def _read_table(path: Path, builder: str, columns: list) -> dict[str, list]:
+    """The wanted ``columns`` of a CSV or JSONL file, read with ``datasets.load_dataset``.
+
+    Raises:
+        HskdError: a missing file, a file datasets cannot parse, or a missing column.
+    """
+    import datasets
+
+    if not path.is_file():
+        raise HskdError(f"data file not found: {path} (check --train-file/--validation-file)")
+    try:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:  # noqa: BLE001 - datasets wraps parser errors in several types
+        cause = exc.__cause__ or exc
+        raise HskdError(f"{path} cannot be read as {builder.upper()} ({str(cause).splitlines()[0][:160]}); "
+                        "fix the file") from None
+    for c in columns:
+        if c not in table.column_names:
+            raise HskdError(f"{path}: no column {c!r} (it has {', '.join(table.column_names)}); "
+                            "fix --text-columns/--label-column")
+    return {c: ["" if v is None else v for v in table[c]] for c in columns}
 
 
 def _to_dataset(task: TaskSpec, texts: list[list], raw_labels: list, where: str):
@@ -323,7 +326,9 @@ def load_custom(task: TaskSpec, train_file: str, validation_file: str | None,
     for split, file in [("train", train_file), ("dev", validation_file)]:
         path = Path(file).expanduser()
         delimiter, jsonl = _file_format(path)
-        rows = _read_rows(path, delimiter, True, columns, False, jsonl=jsonl)
+        # TSV is read as the GLUE processors read it (QUOTE_NONE); CSV and JSONL by datasets
+        rows = _read_rows(path, delimiter, True, columns, False) if delimiter == "\t" else \
+            _read_table(path, "json" if jsonl else "csv", columns)
         if split == "train" and max_train_samples:
             rows = {c: v[:max_train_samples] for c, v in rows.items()}
         raw[split] = (path, rows)

@@ -7,10 +7,8 @@ checkpoint/resume (optimizer, scheduler and RNG state) and DDP under ``torchrun`
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -19,19 +17,25 @@ from transformers import Trainer, TrainingArguments
 
 from hskd.data import MODEL_INPUTS
 from hskd.device import resolve_device
-from hskd.knowledge import Knowledge, KnowledgeSpec, extract, gather
+from hskd.errors import HskdError
+from hskd.knowledge import Knowledge, Plan, gather
 from hskd.losses import task_loss
-from hskd.models import Projection, model_inputs, needs_eager_attention
-from hskd.recipes import Objective, Stage
+from hskd.models import Projection, model_inputs
+from hskd.recipes import Stage
+from hskd.runs import is_main_process, write_json
+from hskd.sources import CachedKnowledge
 from hskd.tasks import TaskSpec, compute_metrics
+from hskd.terms import LossInputs, Objective
 
 
 class DistillationModel(nn.Module):
-    """The student plus what is trained with it (the projection to the teacher's width).
+    """The student plus what is trained with it: the projection to the teacher's width
+    (TinyBERT's ``fit_dense``) and the loss terms that own parameters or buffers, of every
+    stage. All are saved in every checkpoint and restored on resume.
 
-    Both are saved in every checkpoint and restored on resume. ``forward`` returns the student's
-    output and, given ``knowledge``, the student's values gathered at the teacher's indices, so
-    that everything trained runs inside the (possibly DDP-wrapped) forward.
+    ``forward`` runs the student and, given the teacher's ``knowledge`` and a current
+    ``objective``, gathers the student's values at the teacher's indices and computes the
+    objective, so that everything trained runs inside the (possibly DDP-wrapped) forward.
     """
 
     # The objective is a batch mean, not a sum over ``num_items_in_batch``: this tells the Trainer
@@ -39,109 +43,37 @@ class DistillationModel(nn.Module):
     # and accumulation would then multiply the learning rate).
     accepts_loss_kwargs = False
 
-    def __init__(self, student: nn.Module, teacher_hidden: int | None = None):
+    def __init__(self, student: nn.Module, teacher_hidden: int | None = None, plan: Plan | None = None):
         super().__init__()
         self.student = student
         width = student.config.hidden_size
         self.projection = Projection(width, teacher_hidden) if teacher_hidden else None
+        self.terms = nn.ModuleDict()
+        self.plan, self.objective = plan, None
 
-    def forward(self, knowledge: Knowledge | None = None, pairs=None, output_hidden_states=False,
-                output_attentions=False, **inputs):
-        out = self.student(**model_inputs(inputs, self.student.dtype), output_hidden_states=output_hidden_states,
-                           output_attentions=output_attentions)
-        if knowledge is None:
-            return out, None, None
-        hidden, att = gather(pairs, out, knowledge, self.projection)
-        return out, hidden, att
+    def add_terms(self, objectives: list[Objective]) -> None:
+        """Register the terms of these stages that own parameters or buffers (so that the
+        optimizer trains them and checkpoints hold them)."""
+        for i, objective in enumerate(objectives):
+            for term in objective.terms:
+                if any(True for _ in term.parameters()) or any(True for _ in term.buffers()):
+                    self.terms[f"stage{i}_{term.name}"] = term
 
-
-class OnlineTeacher:
-    """Knowledge from a teacher forward pass on each batch: eval mode (dropout off), gradients
-    off, on the training device in the run's precision.
-
-    Args:
-        device, dtype: where and in what dtype the teacher runs (``None``: where it is).
-    """
-
-    def __init__(self, teacher: nn.Module, spec: KnowledgeSpec, pairs, sep_token_id: int | None,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None):
-        self.teacher, self.spec, self.pairs, self.sep = teacher.eval(), spec, pairs, sep_token_id
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        if device is not None or dtype is not None:
-            self.teacher.to(device=device, dtype=dtype)
-        self.needs_attentions = needs_eager_attention(spec, teacher.config)
-
-    def for_objective(self, objective: Objective) -> OnlineTeacher:
-        """The same teacher serving soft labels alone when the objective needs no more (e.g. a
-        prediction stage): no hidden states asked or selected."""
-        if objective.needs_hidden or objective.needs_attentions:
-            return self
-        return OnlineTeacher(self.teacher, KnowledgeSpec(logits=True), [], self.sep)
-
-    def collator(self, base):
-        """Training batches need nothing more: the knowledge is made in the step."""
-        return base
-
-    @torch.no_grad()
-    def __call__(self, inputs: dict, batch_knowledge: dict | None = None) -> Knowledge:
-        device = inputs["input_ids"].device
-        if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
-        self.teacher.eval()  # dropout off, whatever the trainer did to other modules
-        out = self.teacher(**model_inputs(inputs, self.teacher.dtype), output_hidden_states=self.spec.hidden,
-                           output_attentions=self.needs_attentions)
-        return extract(self.spec, self.pairs, out, inputs, self.sep, teacher=self.teacher)
-
-
-class CacheCollator:
-    """Collates a training batch and reads its rows of the knowledge cache, so that the read
-    happens in the DataLoader (in its workers when ``dataloader_num_workers > 0``, into pinned
-    memory on CUDA) and overlaps the previous step, never inside the training step.
-
-    The batch gains ``knowledge`` (a dict of :class:`Knowledge` fields, CPU tensors in their
-    storage dtypes: hidden ``[batch, pairs, tokens, width]`` fp16, indices int64) and
-    ``cache_read_seconds`` (a float, the read's wall time).
-    """
-
-    def __init__(self, base, reader, spec: KnowledgeSpec, pairs):
-        self.base, self.reader, self.spec, self.pairs = base, reader, spec, pairs
-
-    def __call__(self, features: list[dict]) -> dict:
-        batch = self.base(features)
-        start = time.perf_counter()
-        k = self.reader.read(batch["example_id"].numpy(), self.spec, self.pairs, seq_len=batch["input_ids"].size(1))
-        batch["knowledge"] = {f.name: getattr(k, f.name) for f in fields(k) if getattr(k, f.name) is not None}
-        batch["cache_read_seconds"] = time.perf_counter() - start
-        return batch
-
-
-class CachedKnowledge:
-    """Knowledge read back from a :class:`hskd.cache.KnowledgeCache` by example id, in the data
-    pipeline (:class:`CacheCollator`). The teacher is never loaded."""
-
-    def __init__(self, reader, spec: KnowledgeSpec, pairs):
-        self.reader, self.spec, self.pairs = reader, spec, pairs
-
-    def for_objective(self, objective: Objective) -> CachedKnowledge:
-        """The same cache serving soft labels alone (hidden arrays not read) when the objective
-        needs no more."""
-        if objective.needs_hidden or objective.needs_attentions:
-            return self
-        return CachedKnowledge(self.reader, KnowledgeSpec(logits=True), [])
-
-    def collator(self, base) -> CacheCollator:
-        return CacheCollator(base, self.reader, self.spec, self.pairs)
-
-    def __call__(self, inputs: dict, batch_knowledge: dict | None = None) -> Knowledge:
-        """The batch's knowledge, already on the device when it came through the collator;
-        without it (a plain batch), read here and moved to the inputs' device."""
-        if batch_knowledge is None:
-            k = self.reader.read(inputs["example_id"].cpu().numpy(), self.spec, self.pairs,
-                                 seq_len=inputs["input_ids"].size(1))
-            batch_knowledge = {f.name: getattr(k, f.name).to(inputs["input_ids"].device)
-                               for f in fields(k) if getattr(k, f.name) is not None}
-        return Knowledge(**batch_knowledge)
+    def forward(self, knowledge: Knowledge | None = None, labels=None, example_id=None, **inputs):
+        """Returns ``(student output, loss or None, parts)``; the loss only when distilling."""
+        objective = self.objective
+        needs = objective.needs if objective is not None and knowledge is not None else frozenset()
+        out = self.student(**model_inputs(inputs, self.student.dtype),
+                           output_hidden_states=bool(needs & {"hidden", "relations"}),
+                           output_attentions="attentions" in needs)
+        if not needs:
+            return out, None, {}
+        hidden, att = gather(self.plan, out, knowledge, self.projection)
+        x = LossInputs(logits=out.logits, labels=labels, example_ids=example_id, knowledge=knowledge,
+                       student_hidden=hidden, student_attentions=att, attention_mask=inputs["attention_mask"],
+                       student_outputs=out, student=self.student)
+        loss, parts = objective(x)
+        return out, loss, parts
 
 
 class DistillationTrainer(Trainer):
@@ -154,11 +86,12 @@ class DistillationTrainer(Trainer):
     tensors and turned into numbers only when they are logged.
     """
 
-    def __init__(self, *args, objective: Objective, knowledge_source=None, pairs=None, **kwargs):
+    def __init__(self, *args, objective: Objective, knowledge_source=None, **kwargs):
         super().__init__(*args, **kwargs)
         if knowledge_source is not None:
             knowledge_source = knowledge_source.for_objective(objective)
-        self.objective, self.knowledge_source, self.pairs = objective, knowledge_source, pairs
+        self.objective, self.knowledge_source = objective, knowledge_source
+        self.model.objective = objective  # the model runs it inside its forward
         # training batches read the cache in the DataLoader; evaluation batches never do
         self.train_collator = knowledge_source.collator(self.data_collator) if knowledge_source else self.data_collator
         self.cache_read_seconds = 0.0
@@ -183,13 +116,7 @@ class DistillationTrainer(Trainer):
             loss = task_loss(out.logits, labels)
             return (loss, {"logits": out.logits}) if return_outputs else loss
         knowledge = self.knowledge_source({**model_inputs, "example_id": inputs["example_id"]}, batch_knowledge)
-        wants_states = self.objective.needs_hidden or self.objective.needs_attentions
-        out, s_hidden, s_att = model(
-            knowledge=knowledge if wants_states else None,
-            pairs=self.pairs, output_hidden_states=self.objective.needs_hidden,
-            output_attentions=self.objective.needs_attentions, **model_inputs)
-        loss, parts = self.objective(out.logits, labels, knowledge, s_hidden, s_att,
-                                     model_inputs["attention_mask"])
+        out, loss, parts = model(knowledge=knowledge, labels=labels, example_id=inputs["example_id"], **model_inputs)
         for name, value in parts.items():  # device tensors: no sync here
             self._parts[name] = self._parts[name] + value if name in self._parts else value
         self._part_calls += 1
@@ -256,7 +183,11 @@ def training_arguments(stage_dir: Path, stage: Stage, task: TaskSpec, s, select:
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type != "cuda":
         kwargs["ddp_backend"] = "gloo"
-    return TrainingArguments(**kwargs)
+    kwargs.update(s.training_args or {})  # --save_total_limit ... : the user's TrainingArguments win
+    try:
+        return TrainingArguments(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise HskdError(f"bad Trainer setting ({str(exc).splitlines()[0][:200]}); fix the flag or training_args") from None
 
 
 def metrics_fn(task: TaskSpec):
@@ -266,7 +197,7 @@ def metrics_fn(task: TaskSpec):
 
 
 def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: TaskSpec, s, train_ds,
-              dev_ds, collator, knowledge_source, pairs, resume: bool) -> dict:
+              dev_ds, collator, knowledge_source, resume: bool) -> dict:
     """Train one stage; resume from its last checkpoint when asked and one exists.
 
     Returns the Trainer's train metrics plus ``train_seconds`` and ``train_examples_per_second``.
@@ -275,7 +206,7 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
     trainer = DistillationTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=dev_ds,
         compute_metrics=metrics_fn(task), objective=stage.objective,
-        knowledge_source=knowledge_source, pairs=pairs, callbacks=s.callbacks or None)
+        knowledge_source=knowledge_source, callbacks=s.callbacks or None)
     has_checkpoint = resume and any(p.name.startswith("checkpoint-") for p in stage_dir.glob("checkpoint-*"))
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
@@ -289,8 +220,6 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
     best = trainer.state.best_metric
     if best is not None:
         metrics["best_dev_metric"] = best
-    if int(os.environ.get("RANK", "0")) == 0:
-        tmp = stage_dir / "stage.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, stage_dir / "stage.json")
+    if is_main_process():
+        write_json(stage_dir / "stage.json", metrics)
     return metrics

@@ -1,0 +1,67 @@
+"""``hskd cache``: run the teacher once over the training set and store its selected knowledge
+(:mod:`hskd.cache` does the writing)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from hskd import models
+from hskd.cache import partial_dir, write_cache
+from hskd.config import Settings
+from hskd.data import Collator, load_data, max_length, tokenize
+from hskd.device import precision_dtype
+from hskd.errors import HskdError
+from hskd.job_inputs import cache_fingerprint, needs_eager, probe_task, run_device, run_environment, student_depth
+from hskd.recipes import knowledge_spec, recipe_spec
+from hskd.runs import is_main_process
+
+
+def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
+    """Run the teacher once over the training set and store its selected knowledge."""
+    if not s.teacher:
+        raise HskdError("give --teacher DIR (a fine-tuned model)")
+    if not s.output_dir:
+        raise HskdError("give --output-dir CACHE_DIR")
+    spec = cache_spec(s)
+    device = run_device(s)
+    out = Path(s.output_dir).expanduser()
+    if (out / "manifest.json").exists() and not s.overwrite:
+        raise HskdError(f"{out} already holds a cache; pass --overwrite to rebuild it")
+    if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
+        raise HskdError(f"{out} holds other files; choose another --output-dir")
+    teacher_path = models.resolve_model(s.teacher)
+    teacher = models.load_classifier(teacher_path, probe_task(s, teacher_path),
+                                     attentions=needs_eager(spec, teacher_path))
+    data = load_data(s, labels_from_model=teacher)
+    models.check_labels(teacher, data.task, "teacher")
+    tok = models.load_tokenizer(teacher_path)
+    max_len = max_length(s, data)
+    n_student = student_depth(s)
+    plan = spec.resolve(n_student, teacher.config.num_hidden_layers)
+    fp = cache_fingerprint(data.task, data, tok, max_len, teacher_path)
+    fp["spec"] = spec.to_dict()
+    fp["student_layers"] = n_student
+    if s.overwrite and is_main_process():
+        shutil.rmtree(partial_dir(out), ignore_errors=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")  # each rank writes a disjoint range of rows
+    ds = tokenize(data.train, tok, max_len)
+    teacher.to(device=device, dtype=precision_dtype(s.bf16, s.fp16))
+    manifest = write_cache(out, teacher, ds, Collator(tok), plan, fp, tok.sep_token_id, max_len,
+                           batch_size=s.eval_batch_size, stop_after_batches=stop_after_batches,
+                           progress=not s.quiet, environment=run_environment(s))
+    return manifest
+
+
+def cache_spec(s: Settings):
+    """The spec a cache is built at: ``--knowledge`` (budget or mapping) or the recipe's."""
+    if s.knowledge and s.recipe not in ("ird",):
+        return knowledge_spec(s)
+    spec = recipe_spec(s.recipe, s)
+    if spec is None:
+        raise HskdError("nothing to cache for recipe finetune; give --knowledge or another --recipe")
+    return spec

@@ -1,0 +1,114 @@
+"""Run folders and their records: what a job may write where, written safely.
+
+Every file hskd writes goes through :func:`write_atomic` (a temporary name, then a rename), so
+a crash leaves the old file or the new one, never half of one. Rank checks under ``torchrun``
+go through :func:`is_main_process`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hskd.config import Settings
+from hskd.device import is_main_process  # noqa: F401 - re-exported
+from hskd.errors import HskdError
+from hskd.files import write_atomic, write_json  # noqa: F401 - re-exported
+from hskd.recipes import is_recipe_file, load_recipe
+
+RECORD = "hskd.json"
+RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache", "device",
+               "dataloader_num_workers", "torch_compile", "plugin"}
+# Settings that change the result but came later: left out of the fingerprint at their default,
+# so that runs made before them are still recognised (reused, resumed).
+LATER_DEFAULTS = {"bf16": False, "fp16": False, "gradient_accumulation_steps": 1}
+
+
+COMMON = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "labels",
+          "task_type", "max_train_samples", "max_eval_samples", "max_seq_length", "num_train_epochs",
+          "batch_size", "eval_batch_size", "warmup_ratio", "weight_decay", "seed", "max_steps", "save_steps",
+          *LATER_DEFAULTS)
+
+
+def fingerprint_settings(s: Settings, job: str, backbone=None, layers=None) -> dict:
+    """The settings that define a job's result: a directory holding other settings holds a
+    different run. Fine-tuning ignores distillation settings, so `run` can reuse a teacher."""
+    data = {k: v for k, v in s.to_yaml_dict().items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+    if job == "finetune":
+        keep = {k: data[k] for k in COMMON if k in data}
+        return {"job": job, "backbone": backbone, "layers": layers, "learning_rate": s.learning_rate, **keep}
+    fp = {"job": job, **{k: v for k, v in data.items() if k not in RUN_CONTROL}}
+    if s.recipe and is_recipe_file(s.recipe):  # a user's recipe: its content, not just its path
+        fp["recipe_definition"] = load_recipe(s.recipe)
+    return fp
+
+
+def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, reuse: bool = False) -> tuple[Path, str]:
+    """Check the output directory before any work. Returns (path, state) with state one of
+    ``new``, ``resume`` or ``complete`` (only when ``reuse``: a finished identical run).
+
+    Raises:
+        HskdError: it holds a different or unfinished run and neither --overwrite nor
+            --resume was given.
+    """
+    if not path:
+        raise HskdError("give --output-dir")
+    out = Path(path).expanduser()
+    if not is_main_process():  # under torchrun, rank 0 checks and writes the directory
+        return out, "resume" if s.resume else "new"
+    if out.exists() and not out.is_dir():
+        raise HskdError(f"--output-dir {out} is a file; give a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return out, "new"
+    record = out / RECORD
+    info = json.loads(record.read_text()) if record.is_file() else None
+    if info is None:  # never delete or write into a folder that hskd did not make
+        raise HskdError(f"{out} holds files that are not an hskd run; choose another --output-dir")
+    same = info.get("settings") == settings_fp
+    if s.overwrite:
+        return out, "overwrite"
+    if same and info.get("status") == "complete" and reuse:
+        return out, "complete"
+    if same and s.resume:
+        return out, "resume"
+    if not same:
+        raise HskdError(f"{out} holds a different run; pass --overwrite to replace it, or choose another "
+                        "--output-dir (--resume continues only the same run)")
+    what = "a finished run" if info.get("status") == "complete" else "an unfinished run"
+    raise HskdError(f"{out} holds {what}; pass --resume to continue it or --overwrite to replace it, "
+                    "or choose another --output-dir")
+
+
+def start_output(out: Path, state: str, job: str, settings_fp: dict, s: Settings, environment: dict) -> None:
+    """Create (or, for ``overwrite``, replace) the run folder and write its first record."""
+    if not is_main_process():
+        return
+    if state == "overwrite":
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_record(out, {"job": job, "status": "running", "settings": settings_fp})
+    s.save(out / "config.yaml", environment=environment)
+
+
+def write_record(out: Path, data: dict, name: str = RECORD) -> None:
+    """Write a run's record (``hskd.json`` or ``run.json``) atomically."""
+    write_json(out / name, data)
+
+
+def read_record(out: Path) -> dict:
+    return json.loads((out / RECORD).read_text())
+
+
+def export_model(model, tokenizer, out: Path) -> None:
+    """Save a Hugging Face model + tokenizer into ``out``, file by file atomically."""
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,168 @@
+"""The selectors of MUD's three dimensions (Liu et al., ACL 2021, "Marginal Utility
+Diminishes", Sec. 4), each registered by name and citing its source:
+
+- depth (which layers): ``fn(n_student, n_teacher, t_top) -> [(student, teacher), ...]``;
+- length (which tokens): ``fn(attention_mask, k, pairs, cls_attention=, input_ids=,
+  sep_token_id=) -> (index [batch, pairs, k] long, valid [batch, pairs, k] bool)``;
+- width (which dimensions): ``fn(values [..., d], w, seed) -> None (all) | [w] | [..., w]``.
+
+A user adds one with ``@register_depth("name")`` (or length, width) in a ``--plugin`` module.
+All run vectorised on the tensors' device: no Python loop over examples, no host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hskd.errors import HskdError
+from hskd.registry import Registry
+
+DEPTH = Registry("depth strategy")
+LENGTH = Registry("length strategy")
+WIDTH = Registry("width strategy")
+register_depth, register_length, register_width = DEPTH.register, LENGTH.register, WIDTH.register
+
+
+# ----------------------------------------------------------------------------------- depth
+@register_depth("uniform")
+def depth_uniform(n_student: int, n_teacher: int, t_top: int | None = None) -> list[tuple[int, int]]:
+    """MUD Sec. 4.1 (after TinyBERT's uniform strategy): student index l = 0..n_s learns from
+    teacher index g(l, T_top) = round(l · T_top / n_s), with Python's round (half to even), as
+    in the authors' code. ``T_top`` (default n_t) is the highest teacher layer used, e.g. 12,
+    10 or 8 for a 12-layer teacher. The embedding output maps to 0."""
+    top = n_teacher if t_top is None else t_top
+    if not 1 <= top <= n_teacher:
+        raise HskdError(f"--t-top {top} must be between 1 and the teacher's {n_teacher} layers")
+    return [(l, round(l * top / n_student)) for l in range(n_student + 1)]
+
+
+@register_depth("skip")
+def depth_skip(n_student: int, n_teacher: int, t_top: int | None = None) -> list[tuple[int, int]]:
+    """PKD-Skip (Sun et al., EMNLP 2019, Sec. 3.2): student layer j = 1..n_s−1 learns from
+    teacher layer j · n_t / n_s. The student's top layer is covered by the logit loss."""
+    return [(j, round(j * n_teacher / n_student)) for j in range(1, n_student)]
+
+
+@register_depth("last")
+def depth_last(n_student: int, n_teacher: int, t_top: int | None = None) -> list[tuple[int, int]]:
+    """PKD-Last (Sun et al., EMNLP 2019, Sec. 3.2): student layers 1..n_s−1 learn from the
+    teacher's last n_s−1 layers before the top, n_t−n_s+1 .. n_t−1."""
+    return [(j, n_teacher - n_student + j) for j in range(1, n_student)]
+
+
+# ---------------------------------------------------------------------------------- length
+def _positions(batch: int, pairs: int, k: int, device) -> torch.Tensor:
+    return torch.arange(k, device=device).expand(batch, pairs, k)
+
+
+@register_length("all")
+def length_all(attention_mask, k, pairs, **_):
+    """All real tokens (TinyBERT's full HSK): every position, masked where padding."""
+    b, seq = attention_mask.shape
+    index = _positions(b, pairs, seq, attention_mask.device)
+    return index, attention_mask.bool()[:, None, :].expand(b, pairs, seq)
+
+
+@register_length("cls")
+def length_cls(attention_mask, k, pairs, **_):
+    """The [CLS] token only (position 0), as in PKD and Aguilar et al."""
+    b = attention_mask.size(0)
+    index = torch.zeros(b, pairs, 1, dtype=torch.long, device=attention_mask.device)
+    return index, torch.ones_like(index, dtype=torch.bool)
+
+
+@register_length("left")
+def length_left(attention_mask, k, pairs, **_):
+    """MUD Sec. 4.2, "left": the first k tokens ([CLS] first); slots past an example's end are
+    masked."""
+    b = attention_mask.size(0)
+    index = _positions(b, pairs, k, attention_mask.device)
+    lengths = attention_mask.sum(-1)
+    mask = index < lengths[:, None, None]
+    return index.clamp(max=attention_mask.size(1) - 1), mask
+
+
+def _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=None):
+    scores = cls_attention.float()  # [batch, pairs, seq]: head-averaged [CLS] row
+    invalid = ~attention_mask.bool()
+    if exclude is not None:
+        invalid = invalid | exclude
+    scores = scores.masked_fill(invalid[:, None, :], float("-inf"))
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    seq = scores.size(-1)
+    if k > seq:  # pad with unfilled slots
+        pad = torch.zeros(*order.shape[:2], k - seq, dtype=order.dtype, device=order.device)
+        order = torch.cat([order, pad], -1)
+        ranked = torch.cat([scores.gather(-1, order[..., :seq]),
+                            torch.full(pad.shape, float("-inf"), device=scores.device)], -1)
+    else:
+        order = order[..., :k]
+        ranked = scores.gather(-1, order)
+    return order, torch.isfinite(ranked)
+
+
+@register_length("attention")
+def length_attention(attention_mask, k, pairs, cls_attention=None, **_):
+    """MUD Sec. 4.2, attention-based: per example and layer pair, the top-k tokens by the
+    teacher's attention from the [CLS] query, averaged over heads (``cls_attention``
+    ``[batch, pairs, seq]``). The attention used is that of the teacher layer that produced the
+    distilled hidden state (the embedding slot uses layer 1's). Indices come in rank order, so a
+    prefix is the top-k' for any k' < k. Padding is never chosen; ties go to the earlier
+    position. (The authors rank pre-softmax scores averaged over heads; we average the
+    probabilities, as Hugging Face returns them.)"""
+    if cls_attention is None:
+        raise HskdError("the attention length strategy needs the teacher's attentions")
+    return _attention_ranked(attention_mask, k, pairs, cls_attention)
+
+
+@register_length("attention-no-sep")
+def length_attention_no_sep(attention_mask, k, pairs, cls_attention=None, input_ids=None,
+                            sep_token_id=None, **_):
+    """As ``attention``, with separator tokens excluded. The separator id comes from the
+    tokenizer, and separators are found per example (one for single sentences, two for pairs),
+    unlike the authors' code, which counts them in the batch's first example and hard-codes 102."""
+    if cls_attention is None or sep_token_id is None:
+        raise HskdError("attention-no-sep needs the teacher's attentions and the tokenizer's [SEP] id")
+    return _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=input_ids == sep_token_id)
+
+
+# ----------------------------------------------------------------------------------- width
+@register_width("all")
+def width_all(values, w, seed):
+    """All dimensions."""
+    return None
+
+
+@register_width("uniform")
+def width_uniform(values, w, seed):
+    """MUD Sec. 4.3, uniform: w evenly spaced dimensions, floor(i · d / w) for i < w; shared
+    by all examples, tokens and layers."""
+    d = values.size(-1)
+    return (torch.arange(w, device=values.device) * d) // w
+
+
+@register_width("random")
+def width_random(values, w, seed):
+    """MUD Sec. 4.3, random: w dimensions drawn without replacement with a seeded generator,
+    shared by all examples, tokens and layers, and stored with the cache. Kept in draw order,
+    so a prefix is the draw for any smaller width."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(values.size(-1), generator=gen)[:w].to(values.device)
+
+
+@register_width("magnitude")
+def width_magnitude(values, w, seed):
+    """MUD Sec. 4.3, magnitude: the w entries of largest |h|, chosen per example, layer pair and
+    token (so independent of batch composition), in rank order. The authors' code thresholds
+    over the whole batch tensor instead, which makes the choice depend on the batch."""
+    return values.abs().topk(w, dim=-1, sorted=True).indices
+
+
+def select_dims(values: torch.Tensor, dim_index: torch.Tensor | None) -> torch.Tensor:
+    """Take ``[..., d]`` at ``dim_index``: ``None`` (all), shared ``[w]`` or per-element
+    ``[batch, pairs, tokens, w]``."""
+    if dim_index is None:
+        return values
+    if dim_index.dim() == 1:
+        return values[..., dim_index]
+    return values.gather(-1, dim_index)
