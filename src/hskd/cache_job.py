@@ -15,7 +15,7 @@ from hskd.config import Settings
 from hskd.data import Collator, load_data, max_length, tokenize
 from hskd.device import precision_dtype
 from hskd.errors import HskdError
-from hskd.job_inputs import cache_fingerprint, needs_eager, probe_task, run_device, run_environment, student_depth
+from hskd.job_inputs import cache_fingerprint, needs_eager, run_device, run_environment, student_depth
 from hskd.recipes import knowledge_spec, recipe_spec
 from hskd.runs import is_main_process
 
@@ -34,7 +34,7 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
         raise HskdError(f"{out} holds other files; choose another --output-dir")
     teacher_path = models.resolve_model(s.teacher)
-    teacher = models.load_classifier(teacher_path, probe_task(s, teacher_path),
+    teacher = models.load_classifier(teacher_path, None,  # its saved labels, checked below
                                      attentions=needs_eager(spec, teacher_path))
     data = load_data(s, labels_from_model=teacher)
     models.check_labels(teacher, data.task, "teacher")

@@ -116,7 +116,10 @@ def _settings(args: argparse.Namespace, rest: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, rest = build_parser().parse_known_args(argv)
+    try:
+        args, rest = build_parser().parse_known_args(argv)
+    except SystemExit as exc:  # --help (0), or a malformed flag, already printed in one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
     out = getattr(args, "output_dir", None)
     existed = out is not None and Path(out).expanduser().exists()
     try:

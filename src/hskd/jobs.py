@@ -23,7 +23,6 @@ from hskd.job_inputs import (
     cache_fingerprint,
     needs_eager,
     parse_layers,
-    probe_task,
     run_device,
     run_environment,
     with_changes,
@@ -73,6 +72,7 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
     if state == "complete":
         return read_record(out)
     spec = recipe_spec(s.recipe, s)
+    _refuse_inputs_as_output(out, s)
     # Everything that can fail on user input is checked before the output directory is touched.
     teacher = reader = None
     if spec is not None and s.cache:
@@ -82,7 +82,7 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
         if not s.teacher:
             raise HskdError("give --teacher DIR (a fine-tuned model) or --cache DIR")
         teacher_path = models.resolve_model(s.teacher)
-        teacher = models.load_classifier(teacher_path, probe_task(s, teacher_path),
+        teacher = models.load_classifier(teacher_path, None,  # its saved labels, checked below
                                          attentions=needs_eager(spec, teacher_path))
     data = load_data(s, labels_from_model=teacher)
     task = data.task
@@ -93,7 +93,9 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
         models.check_same_tokenizer(models.load_tokenizer(s.teacher), student_tok)
     max_len = max_length(s, data)
     if spec is not None and s.cache:
-        reader = CacheReader(s.cache, expect=cache_fingerprint(task, data, student_tok, max_len, None))
+        # with --teacher too, the cache must come from that teacher
+        teacher_dir = models.resolve_model(s.teacher) if s.teacher else None
+        reader = CacheReader(s.cache, expect=cache_fingerprint(task, data, student_tok, max_len, teacher_dir))
     student = models.build_student(backbone, task, layers=layers,
                                    hidden_size=hidden_size,
                                    attentions=bool(spec and spec.attentions))
@@ -156,3 +158,17 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
     record["eval"] = evaluate_model(out, data, s)
     write_record(out, record)
     return record
+
+
+def _refuse_inputs_as_output(out: Path, s: Settings) -> None:
+    """``--output-dir`` may not be (or hold) the teacher or the cache the job reads.
+
+    Raises:
+        HskdError: it is.
+    """
+    for name in ("teacher", "cache"):
+        value = getattr(s, name)
+        if value and Path(value).expanduser().exists():
+            source = Path(value).expanduser().resolve()
+            if source == out.resolve() or out.resolve() in source.parents:
+                raise HskdError(f"--output-dir {out} is where the {name} is; choose another --output-dir")

@@ -7,6 +7,7 @@ checkpoint/resume (optimizer, scheduler and RNG state) and DDP under ``torchrun`
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -126,7 +127,24 @@ class DistillationTrainer(Trainer):
         if "loss" in logs and self._parts:  # the loss terms, averaged since the last log
             logs.update({f"loss_{k}": float(v) / self._part_calls for k, v in self._parts.items()})
             self._parts, self._part_calls = {}, 0
+        _refuse_non_finite(logs, self.state.global_step)
         super().log(logs, *args, **kwargs)
+
+
+def _refuse_non_finite(logs: dict, step: int) -> None:
+    """Stop a run whose loss is no longer a number (checked when the loss is logged, so the
+    step itself makes no host sync): a one-line error naming the step and the term.
+
+    Raises:
+        HskdError: a non-finite ``loss`` or ``loss_TERM`` (or ``train_loss``) in ``logs``.
+    """
+    bad = {k: v for k, v in logs.items() if (k == "loss" or k.startswith("loss_") or k == "train_loss")
+           and isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        terms = [k[5:] for k in bad if k.startswith("loss_")]
+        where = f" in term {', '.join(terms)}" if terms else ""
+        raise HskdError(f"the loss became {next(iter(bad.values()))} by step {step}{where}, so the run stopped "
+                        "unfinished; lower the learning rate or check the recipe's weights and the data")
 
 
 def dataloader_workers(s, device: torch.device) -> int:
