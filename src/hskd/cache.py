@@ -100,14 +100,19 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
     header = {"format": FORMAT, "fingerprint": fingerprint, "spec": spec.to_dict(),
               "pairs": [list(p) for p in pairs], "rows": rows, "teacher_hidden": d,
               "teacher_heads": heads, "teacher_layers": config.num_hidden_layers,
-              "num_labels": labels, "max_seq_length": max_seq_length,
+              "num_labels": labels, "max_seq_length": max_seq_length, "batch_size": batch_size,
               "arrays": {k: {"shape": list(s), "dtype": t} for k, (s, t) in shapes.items()}}
 
     if is_main_process():
         work.mkdir(parents=True, exist_ok=True)
         plan_file = work / "plan.json"
         if plan_file.exists():
-            if json.loads(plan_file.read_text()) != header:
+            interrupted = json.loads(plan_file.read_text())
+            if interrupted.get("batch_size") != batch_size and {**interrupted, "batch_size": batch_size} == header:
+                # progress is counted in batches: another batch size would resume at the wrong row
+                raise HskdError(f"{work} is an interrupted cache written with --eval-batch-size "
+                                f"{interrupted.get('batch_size')}; resume with that batch size, or pass --overwrite")
+            if interrupted != header:
                 raise HskdError(f"{work} holds an interrupted cache of different settings; delete it "
                                 "or pass --overwrite")
         else:
