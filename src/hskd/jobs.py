@@ -93,8 +93,9 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
         models.check_same_tokenizer(models.load_tokenizer(s.teacher), student_tok)
     max_len = max_length(s, data)
     if spec is not None and s.cache:
-        # with --teacher too, the cache must come from that teacher
-        teacher_dir = models.resolve_model(s.teacher) if s.teacher else None
+        # with --teacher too (and there), the cache must come from that teacher; a teacher that is
+        # gone is not needed: the cache alone trains the student
+        teacher_dir = str(Path(s.teacher).expanduser()) if s.teacher and Path(s.teacher).expanduser().is_dir() else None
         reader = CacheReader(s.cache, expect=cache_fingerprint(task, data, student_tok, max_len, teacher_dir))
     student = models.build_student(backbone, task, layers=layers,
                                    hidden_size=hidden_size,
