@@ -126,3 +126,9 @@ def test_resuming_a_cache_with_another_batch_size_is_refused(tmp_path, tiny_glue
     s.eval_batch_size = 5
     manifest = make_cache(s)  # the same batch size resumes and finishes
     assert manifest["rows"] == 16 and (tmp_path / "c" / "manifest.json").is_file()
+
+
+def test_resume_with_changed_settings_names_the_keys(capsys, tiny_glue, tiny_backbone, finished):
+    code = run_cli("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone,
+                   "--output-dir", finished, "--resume", *TINY, "--seed", "7", "--weight-decay", "0.1")
+    assert code == 2 and "holds a different run (changed: seed, weight_decay)" in _error_line(capsys)

@@ -75,8 +75,10 @@ def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, r
     if same and s.resume:
         return out, "resume"
     if not same:
-        raise HskdError(f"{out} holds a different run; pass --overwrite to replace it, or choose another "
-                        "--output-dir (--resume continues only the same run)")
+        have = info.get("settings") or {}
+        changed = sorted(k for k in set(have) | set(settings_fp) if have.get(k) != settings_fp.get(k))
+        raise HskdError(f"{out} holds a different run (changed: {', '.join(changed[:8])}); pass --overwrite to "
+                        "replace it, or choose another --output-dir (--resume continues only the same run)")
     what = "a finished run" if info.get("status") == "complete" else "an unfinished run"
     raise HskdError(f"{out} holds {what}; pass --resume to continue it or --overwrite to replace it, "
                     "or choose another --output-dir")
