@@ -15,6 +15,18 @@ Expressions are numbers or arithmetic over setting names (``1 - alpha``).
 
 from __future__ import annotations
 
+
+def _pkd(depth: str) -> dict:
+    """PKD-Skip and PKD-Last differ only in their layer map."""
+    return {
+        "source": f"Sun et al. 2019, Patient KD (EMNLP), Sec. 3.2, PKD-{depth.title()}; T, alpha, beta from the "
+                  "authors' code",
+        "defaults": {"alpha": 0.7, "temperature": 10.0, "beta": 100.0},
+        "knowledge": {"logits": True, "hidden": True, "depth": depth, "length": "cls"},
+        "stages": [{"name": f"pkd-{depth}", "terms": [*KD_TERMS, {"loss": "pkd", "weight": "beta"}]}],
+    }
+
+
 KD_TERMS = [{"loss": "ce", "weight": "1 - alpha"}, {"loss": "kd", "weight": "alpha", "temperature": "temperature"}]
 PREDICTION = {"name": "prediction", "terms": KD_TERMS}
 
@@ -43,18 +55,8 @@ BUILTIN: dict[str, dict] = {
         "stages": [{"name": "hsk", "epochs": "hsk_epochs", "learning_rate": "hsk_learning_rate", "select_best": False,
                     "terms": [{"loss": "hidden_mse", "weight": "beta"}]}, PREDICTION],
     },
-    "pkd-skip": {
-        "source": "Sun et al. 2019, Patient KD (EMNLP), Sec. 3.2, PKD-Skip; T, alpha, beta from the authors' code",
-        "defaults": {"alpha": 0.7, "temperature": 10.0, "beta": 100.0},
-        "knowledge": {"logits": True, "hidden": True, "depth": "skip", "length": "cls"},
-        "stages": [{"name": "pkd-skip", "terms": [*KD_TERMS, {"loss": "pkd", "weight": "beta"}]}],
-    },
-    "pkd-last": {
-        "source": "Sun et al. 2019, Patient KD (EMNLP), Sec. 3.2, PKD-Last; T, alpha, beta from the authors' code",
-        "defaults": {"alpha": 0.7, "temperature": 10.0, "beta": 100.0},
-        "knowledge": {"logits": True, "hidden": True, "depth": "last", "length": "cls"},
-        "stages": [{"name": "pkd-last", "terms": [*KD_TERMS, {"loss": "pkd", "weight": "beta"}]}],
-    },
+    "pkd-skip": _pkd("skip"),
+    "pkd-last": _pkd("last"),
     "ird": {
         "source": "Aguilar et al. 2020, KD from Internal Representations (AAAI), Sec. 3: attention KL + [CLS] cosine",
         "defaults": {"alpha": 0.5, "temperature": 4.0, "beta": 1.0},

@@ -85,11 +85,11 @@ def load_plugin(spec: str) -> None:
         HskdError: the file or module cannot be found or fails to import (in one line).
     """
     path = Path(spec).expanduser()
+    name = "hskd_plugin_" + path.resolve().as_posix().replace("/", "_").replace(".", "_")
     try:
         if spec.endswith(".py"):
             if not path.is_file():
                 raise HskdError(f"--plugin {spec}: file not found")
-            name = "hskd_plugin_" + path.resolve().as_posix().replace("/", "_").replace(".", "_")
             if name in sys.modules:
                 return
             module_spec = importlib.util.spec_from_file_location(name, path)
@@ -101,7 +101,7 @@ def load_plugin(spec: str) -> None:
     except HskdError:
         raise
     except Exception as exc:  # noqa: BLE001 - a user's module: report it in one line
-        sys.modules.pop(locals().get("name", ""), None)
+        sys.modules.pop(name, None)  # a failed file import leaves no half-made module
         raise HskdError(f"--plugin {spec} failed to import ({exc.__class__.__name__}: {str(exc)[:200]})") from None
 
 

@@ -103,11 +103,6 @@ class CachedKnowledge:
     def collator(self, base) -> CacheCollator:
         return CacheCollator(base, self.reader, self.plan)
 
-    def __call__(self, inputs: dict, batch_knowledge: dict | None = None) -> Knowledge:
-        """The batch's knowledge, already on the device when it came through the collator;
-        without it (a plain batch), read here and moved to the inputs' device."""
-        if batch_knowledge is None:
-            k = self.reader.read(inputs["example_id"].cpu().numpy(), self.plan, seq_len=inputs["input_ids"].size(1))
-            batch_knowledge = {f.name: getattr(k, f.name).to(inputs["input_ids"].device)
-                               for f in fields(k) if getattr(k, f.name) is not None}
+    def __call__(self, inputs: dict, batch_knowledge: dict) -> Knowledge:
+        """The batch's knowledge, read by :class:`CacheCollator` and already on the device."""
         return Knowledge(**batch_knowledge)

@@ -206,14 +206,6 @@ class Objective:
         return frozenset().union(*(t.needs for t in self.terms))
 
     @property
-    def needs_hidden(self) -> bool:
-        return "hidden" in self.needs
-
-    @property
-    def needs_attentions(self) -> bool:
-        return "attentions" in self.needs
-
-    @property
     def needs_teacher(self) -> bool:
         return bool(self.needs)
 
@@ -223,6 +215,3 @@ class Objective:
         parts = {t.name: t(x) for t in self.terms}
         total = sum(parts.values()) if parts else x.logits.sum() * 0.0
         return total, {k: v.detach() for k, v in parts.items()}
-
-    def describe(self) -> str:
-        return " + ".join(f"{t.weight:g}·{t.name}" for t in self.terms)
