@@ -111,23 +111,6 @@ def test_run_refuses_an_unknown_recipe_before_training(tmp_path, capsys, tiny_gl
     assert "unknown recipe 'kdd'" in _error_line(capsys) and not out.exists()
 
 
-def test_resuming_a_cache_with_another_batch_size_is_refused(tmp_path, tiny_glue, tiny_teacher):
-    from hskd.config import Settings
-    from hskd.errors import HskdError
-    from hskd.pipeline import make_cache
-
-    s = Settings(task="SST-2", data_dir=str(tiny_glue), teacher=str(tiny_teacher), knowledge="1l_2t",
-                 student_layers="2", output_dir=str(tmp_path / "c"), eval_batch_size=5, quiet=True)
-    with pytest.raises(KeyboardInterrupt):
-        make_cache(s, stop_after_batches=2)
-    s.eval_batch_size = 4
-    with pytest.raises(HskdError, match="written with --eval-batch-size 5; resume with that batch size"):
-        make_cache(s)
-    s.eval_batch_size = 5
-    manifest = make_cache(s)  # the same batch size resumes and finishes
-    assert manifest["rows"] == 16 and (tmp_path / "c" / "manifest.json").is_file()
-
-
 def test_resume_with_changed_settings_names_the_keys(capsys, tiny_glue, tiny_backbone, finished):
     code = run_cli("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone,
                    "--output-dir", finished, "--resume", *TINY, "--seed", "7", "--weight-decay", "0.1")

@@ -11,14 +11,15 @@ Layout of a cache directory::
     attentions.npy    [rows, pairs, heads, tokens, max_seq_length] float16 (if asked)
 
 Writes go to ``DIR.partial`` and are renamed to ``DIR`` once complete and checksummed; an
-interrupted write resumes from the last flushed chunk. Under ``torchrun`` each rank writes a
+interrupted write resumes from the last flushed chunk, counted in rows (any batch size
+resumes). Under ``torchrun`` each rank writes a
 disjoint range of whole batches, so the result is identical to a one-process write. Readers
 check the fingerprint (naming the field that differs), each array's size and sha256.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import shutil
 import time
@@ -31,7 +32,7 @@ from numpy.lib.format import open_memmap
 from hskd.cache_reader import CacheReader, partial_dir  # noqa: F401 - re-exported: the cache's reader
 from hskd.device import is_main_process
 from hskd.errors import HskdError
-from hskd.files import write_json
+from hskd.files import read_json, write_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention
 from hskd.selectors import WIDTH
@@ -72,7 +73,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
     Returns: the manifest.
 
     Raises:
-        HskdError: a ``DIR.partial`` that belongs to a different fingerprint.
+        HskdError: a ``DIR.partial`` that belongs to a different fingerprint, or too little free
+            disk space for the arrays (checked, and the blocks reserved, before any is written).
     """
     spec, pairs = plan.spec, list(plan.pairs)
     if spec.relations:
@@ -104,42 +106,39 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
               "arrays": {k: {"shape": list(s), "dtype": t} for k, (s, t) in shapes.items()}}
 
     if is_main_process():
-        work.mkdir(parents=True, exist_ok=True)
         plan_file = work / "plan.json"
         if plan_file.exists():
-            interrupted = json.loads(plan_file.read_text())
-            if interrupted.get("batch_size") != batch_size and {**interrupted, "batch_size": batch_size} == header:
-                # progress is counted in batches: another batch size would resume at the wrong row
-                raise HskdError(f"{work} is an interrupted cache written with --eval-batch-size "
-                                f"{interrupted.get('batch_size')}; resume with that batch size, or pass --overwrite")
-            if interrupted != header:
+            interrupted = read_json(plan_file, "pass --overwrite to start the cache again")
+            if {**interrupted, "batch_size": batch_size} != header:
                 raise HskdError(f"{work} holds an interrupted cache of different settings; delete it "
                                 "or pass --overwrite")
         else:
-            for name, (shape, dtype) in shapes.items():
-                open_memmap(work / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+            _allocate(work, shapes)
             if spec.hidden and spec.width in ("uniform", "random"):  # shared dims, known up front
                 np.save(work / "dims.npy", WIDTH[spec.width](torch.empty(d), width, spec.seed).numpy().astype(np.int64))
             write_json(plan_file, header)
     barrier()
+    # progress is counted in rows, so a resume may use any batch size; the first write's batch
+    # size fixes each rank's range of rows (whole batches, as a one-process write makes them)
+    shard = read_json(work / "plan.json", "pass --overwrite to start the cache again")["batch_size"]
+    header["batch_size"] = shard
     arrays = {name: np.load(work / f"{name}.npy", mmap_mode="r+") for name in shapes}
-
-    n_batches = (rows + batch_size - 1) // batch_size
-    first, last = rank * n_batches // world, (rank + 1) * n_batches // world
+    n_batches = (rows + shard - 1) // shard
+    first_row = min(rows, rank * n_batches // world * shard)
+    end_row = min(rows, (rank + 1) * n_batches // world * shard)
     progress_file = work / f"progress.rank{rank}of{world}.json"
-    done = json.loads(progress_file.read_text())["batches_done"] if progress_file.exists() else 0
+    done = _rows_done(progress_file, shard)
     device = next(teacher.parameters()).device
     start_time, seen = time.perf_counter(), 0
-    batch_ids = range(first + done, last)
-    iterator = batch_ids
+    bar = None
     if progress and is_main_process():
         from tqdm.auto import tqdm
 
-        iterator = tqdm(batch_ids, desc="caching", initial=done, total=last - first)
-    writer = _Writer(arrays, progress_file, flush_every, last_batch=last - 1)
+        bar = tqdm(desc="caching", initial=done, total=end_row - first_row, unit="ex")
+    writer = _Writer(arrays, progress_file, flush_every, first_row, end_row)
     try:
-        for step, b in enumerate(iterator, start=done + 1):
-            lo, hi = b * batch_size, min(rows, (b + 1) * batch_size)
+        for step, lo in enumerate(range(first_row + done, end_row, batch_size), start=1):
+            hi = min(end_row, lo + batch_size)
             batch = collator([dataset[i] for i in range(lo, hi)])
             inputs = {k: _to_device(batch[k], device) for k in ("input_ids", "attention_mask", "token_type_ids")
                       if k in batch}
@@ -148,13 +147,17 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
                               output_attentions=needs_att)
                 k = extract(plan, out, inputs, sep_token_id, teacher=teacher)
                 host = _to_host(_storage_tensors(k, spec))
-            writer.put(step, b, lo, hi, host)  # the copy and the write overlap the next batch
+            writer.put(step, lo, hi, host)  # the copy and the write overlap the next batch
             seen += hi - lo
+            if bar is not None:
+                bar.update(hi - lo)
             if stop_after_batches is not None and step >= stop_after_batches:
                 writer.close()
                 raise KeyboardInterrupt(f"stopped after {step} batches (test hook)")
     finally:
         writer.close()
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - start_time
     for arr in arrays.values():
         arr.flush()
@@ -205,6 +208,45 @@ def _to_host(tensors: dict[str, torch.Tensor]) -> dict:
     return {"tensors": host, "event": event}
 
 
+def _rows_done(progress_file: Path, shard: int) -> int:
+    """Rows of this rank's range that are durably written (0 for a new write)."""
+    if not progress_file.exists():
+        return 0
+    progress = read_json(progress_file, "pass --overwrite to start the cache again")
+    if "rows_done" in progress:
+        return progress["rows_done"]
+    return progress["batches_done"] * shard  # written by hskd 0.1 before progress was in rows
+
+
+def _allocate(work: Path, shapes: dict) -> None:
+    """Create the arrays of a new cache in ``work`` with their disk blocks reserved.
+
+    Reserving the blocks (``posix_fallocate``) makes a full disk fail here, in one line, and not
+    later as a ``SIGBUS`` when a write lands on a memory-mapped page with no block behind it.
+
+    Raises:
+        HskdError: not enough free space (the sizes are named); nothing is left behind.
+    """
+    need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+    work.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(work).free
+    try:
+        if need > free:
+            raise OSError(errno.ENOSPC, "no space")
+        for name, (shape, dtype) in shapes.items():
+            file = work / f"{name}.npy"
+            open_memmap(file, mode="w+", dtype=dtype, shape=shape).flush()
+            if hasattr(os, "posix_fallocate"):
+                with open(file, "r+b") as f:
+                    os.posix_fallocate(f.fileno(), 0, file.stat().st_size)
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if exc.errno != errno.ENOSPC:
+            raise HskdError(f"cannot write the cache in {work} ({exc.strerror}); choose another --output-dir") from None
+        raise HskdError(f"the cache needs {need / 2**20:,.1f} MiB but {work.parent} has {free / 2**20:,.1f} MiB free; "
+                        "free some space, choose another --output-dir, or a smaller --knowledge budget") from None
+
+
 class _Writer:
     """Writes extracted batches into the memory-mapped arrays from a thread, so that the
     teacher's next forward pass runs while this batch is copied and written. Progress is made
@@ -212,21 +254,21 @@ class _Writer:
     at the last one, in batch order, exactly as a synchronous write would. A failure in the
     thread is raised in the caller at its next ``put`` or at ``close``."""
 
-    def __init__(self, arrays: dict, progress_file: Path, flush_every: int, last_batch: int):
+    def __init__(self, arrays: dict, progress_file: Path, flush_every: int, first_row: int, end_row: int):
         import queue
         import threading
 
         self.arrays, self.progress_file = arrays, progress_file
-        self.flush_every, self.last_batch = flush_every, last_batch
+        self.flush_every, self.first_row, self.end_row = flush_every, first_row, end_row
         self.queue: queue.Queue = queue.Queue(maxsize=4)  # bounds the pinned memory in flight
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="hskd-cache-writer", daemon=True)
         self.thread.start()
 
-    def put(self, step: int, b: int, lo: int, hi: int, host: dict) -> None:
+    def put(self, step: int, lo: int, hi: int, host: dict) -> None:
         if self.error is not None:
             self.close()
-        self.queue.put((step, b, lo, hi, host))
+        self.queue.put((step, lo, hi, host))
 
     def close(self) -> None:
         if self.thread.is_alive():
@@ -245,7 +287,7 @@ class _Writer:
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 self.error = exc
 
-    def _write(self, step: int, b: int, lo: int, hi: int, host: dict) -> None:
+    def _write(self, step: int, lo: int, hi: int, host: dict) -> None:
         if host["event"] is not None:
             host["event"].synchronize()
         t = {name: v.numpy() for name, v in host["tensors"].items()}
@@ -264,10 +306,10 @@ class _Writer:
             arrays["attentions"][lo:hi] = 0
             seq = t["attentions"].shape[-1]
             arrays["attentions"][lo:hi, :, :, :n, :seq] = t["attentions"]
-        if step % self.flush_every == 0 or b == self.last_batch:
+        if step % self.flush_every == 0 or hi == self.end_row:
             for arr in arrays.values():
                 arr.flush()
-            write_json(self.progress_file, {"batches_done": step})
+            write_json(self.progress_file, {"rows_done": hi - self.first_row})
 
 
 def _finalise(work: Path, out_dir: Path, header: dict, dataset, extra: dict | None = None) -> dict:

@@ -16,6 +16,7 @@ from hskd.data import Collator, load_data, max_length, tokenize
 from hskd.device import precision_dtype
 from hskd.errors import HskdError
 from hskd.job_inputs import cache_fingerprint, needs_eager, run_device, run_environment, student_depth
+from hskd.locks import OutputLock
 from hskd.recipes import knowledge_spec, recipe_spec
 from hskd.runs import is_main_process
 
@@ -29,6 +30,11 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     spec = cache_spec(s)
     device = run_device(s)
     out = Path(s.output_dir).expanduser()
+    with OutputLock(out):  # covers DIR and DIR.partial: a second process is refused, not adopted
+        return _make_cache(s, spec, device, out, stop_after_batches)
+
+
+def _make_cache(s: Settings, spec, device, out: Path, stop_after_batches: int | None) -> dict:
     if (out / "manifest.json").exists() and not s.overwrite:
         raise HskdError(f"{out} already holds a cache; pass --overwrite to rebuild it")
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
@@ -45,6 +51,10 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     fp = cache_fingerprint(data.task, data, tok, max_len, teacher_path)
     fp["spec"] = spec.to_dict()
     fp["student_layers"] = n_student
+    # the teacher's own label order (checked equal to the task's above): a distill from this
+    # cache with another order is refused, whatever the teacher folder holds by then
+    fp["teacher_labels"] = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)] \
+        if not data.task.is_regression else None
     if s.overwrite and is_main_process():
         shutil.rmtree(partial_dir(out), ignore_errors=True)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from hskd.errors import HskdError
+from hskd.files import read_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan
 from hskd.selectors import WIDTH, select_dims
 from hskd.tasks import sha256_file
@@ -38,7 +39,10 @@ class CacheReader:
             hint = " (an interrupted write is in .partial: rerun hskd cache to resume)" \
                 if partial_dir(self.path).exists() else ""
             raise HskdError(f"{self.path} is not a finished knowledge cache{hint}; build it with hskd cache")
-        self.manifest = json.loads(manifest_file.read_text())
+        self.manifest = read_json(manifest_file, "rebuild the cache with hskd cache --overwrite")
+        if not isinstance(self.manifest, dict) or not {"fingerprint", "arrays", "spec", "pairs"} <= set(self.manifest):
+            raise HskdError(f"{manifest_file} is not a knowledge-cache manifest; rebuild the cache with hskd cache "
+                            "--overwrite")
         for field, value in (expect or {}).items():
             have = self.manifest["fingerprint"].get(field)
             if have != value:

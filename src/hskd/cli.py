@@ -2,14 +2,13 @@
 
 Every flag can also come from ``--config FILE.yaml`` (same names, ``_`` or ``-``); flags win.
 User errors print one line, ``hskd: error: ...``, exit with status 2 and leave no half-written
-output directory behind.
+output directory behind (each job deletes what it created, under its lock: :mod:`hskd.locks`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -120,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = build_parser().parse_known_args(argv)
     except SystemExit as exc:  # --help (0), or a malformed flag, already printed in one line (2)
         return exc.code if isinstance(exc.code, int) else 2
-    out = getattr(args, "output_dir", None)
-    existed = out is not None and Path(out).expanduser().exists()
     try:
         from hskd.registry import load_plugins
 
@@ -140,22 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         from hskd.device import pin_process_to
 
         pin_process_to(settings.device)
-        out = settings.output_dir
-        existed = out is not None and Path(out).expanduser().exists()
         return _dispatch(args, settings)
-    except HskdError as exc:
-        if out and not existed and not _holds_finished_work(Path(out).expanduser()):
-            shutil.rmtree(Path(out).expanduser(), ignore_errors=True)  # leave nothing half-written
+    except HskdError as exc:  # the job's OutputLock has already removed what it created
         print(f"hskd: error: {exc}", file=sys.stderr)
         return 2
-
-
-def _holds_finished_work(path: Path) -> bool:
-    """A finished model, cache or sweep point under ``path`` (kept even if a later step fails)."""
-    for record in path.rglob("hskd.json"):
-        if json.loads(record.read_text()).get("status") == "complete":
-            return True
-    return any(path.rglob("manifest.json"))
 
 
 def _silence() -> None:

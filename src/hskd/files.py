@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from hskd.errors import HskdError
+
 
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write ``path`` through a temporary file in the same folder and a rename."""
@@ -19,6 +21,30 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path, fix: str):
+    """Read a JSON file hskd wrote (a record, a manifest, progress).
+
+    Raises:
+        HskdError: it cannot be read or is not valid JSON (truncated, edited by hand); the
+            message names the file and ``fix``.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:80]
+        raise HskdError(f"{path} is unreadable or malformed ({reason}); {fix}") from None
+
+
 def write_json(path: Path, data) -> None:
     """:func:`write_atomic` of ``data`` as indented JSON."""
     write_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def save_atomic(tensors: dict, path: Path) -> None:
+    """``safetensors`` :func:`save_file` through a temporary name and a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, tmp)
+    os.replace(tmp, path)

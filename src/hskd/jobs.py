@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import set_seed
 
 from hskd import models
@@ -19,6 +19,7 @@ from hskd.data import Collator, load_data, max_length, tokenize
 from hskd.device import precision_dtype
 from hskd.errors import HskdError
 from hskd.evaluation import evaluate_model
+from hskd.files import save_atomic
 from hskd.job_inputs import (
     cache_fingerprint,
     needs_eager,
@@ -27,6 +28,7 @@ from hskd.job_inputs import (
     run_environment,
     with_changes,
 )
+from hskd.locks import OutputLock
 from hskd.recipes import load_recipe, recipe_spec, recipe_stages
 from hskd.runs import (
     export_model,
@@ -64,6 +66,14 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
     ``backbone``/``layers``/``hidden_size`` define the model trained (see
     :func:`hskd.models.build_student`). With ``reuse``, a finished identical run is returned as is.
     """
+    if not s.output_dir:
+        raise HskdError("give --output-dir")
+    with OutputLock(s.output_dir) as lock:  # before the folder is read, written or deleted
+        return _train_job(s, job, backbone, layers, learning_rate, reuse, hidden_size, lock)
+
+
+def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate: float,
+               reuse: bool, hidden_size: int | None, lock: OutputLock) -> dict:
     set_seed(s.seed)
     s = with_changes(s, learning_rate=learning_rate)
     device = run_device(s)
@@ -97,6 +107,10 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
         # gone is not needed: the cache alone trains the student
         teacher_dir = str(Path(s.teacher).expanduser()) if s.teacher and Path(s.teacher).expanduser().is_dir() else None
         reader = CacheReader(s.cache, expect=cache_fingerprint(task, data, student_tok, max_len, teacher_dir))
+        cached_labels = reader.manifest["fingerprint"].get("teacher_labels")
+        if cached_labels is not None and cached_labels != list(task.labels or []):
+            raise HskdError(f"cache {s.cache} was extracted from a teacher with labels {cached_labels}, but "
+                            f"{task.name}'s are {list(task.labels or [])}; rebuild the cache with hskd cache")
     student = models.build_student(backbone, task, layers=layers,
                                    hidden_size=hidden_size,
                                    attentions=bool(spec and spec.attentions))
@@ -118,7 +132,7 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
     dev_name = next(iter(data.dev))
     dev_ds = tokenize(data.dev[dev_name], student_tok, max_len)
 
-    start_output(out, state, job, fp, s, run_environment(s))
+    start_output(out, state, job, fp, s, run_environment(s), lock)
     barrier()  # under torchrun, the other ranks wait for rank 0's directory
     wrapper = DistillationModel(student, teacher_hidden, plan)
     wrapper.add_terms([stage.objective for stage in stages])
@@ -138,7 +152,7 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
         stage_dir.mkdir(parents=True, exist_ok=True)
         result = run_stage(stage_dir, stage, wrapper, task, s, train_ds, dev_ds, collator, source, resume=s.resume)
         if is_main_process():
-            save_file({k: v.contiguous() for k, v in wrapper.state_dict().items()}, final)
+            save_atomic({k: v.contiguous() for k, v in wrapper.state_dict().items()}, final)
         result["stage"] = stage.name
         stage_results.append(result)
     train_seconds = sum(r["train_seconds"] for r in stage_results)
@@ -154,8 +168,8 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
         return record
     export_model(wrapper.student, student_tok, out)
     if wrapper.projection is not None and wrapper.projection.linear is not None:
-        save_file({k: v.contiguous() for k, v in wrapper.projection.state_dict().items()},
-                  out / "projection.safetensors")
+        save_atomic({k: v.contiguous() for k, v in wrapper.projection.state_dict().items()},
+                    out / "projection.safetensors")
     record["eval"] = evaluate_model(out, data, s)
     write_record(out, record)
     return record

@@ -4,7 +4,6 @@ wall-clock of every stage."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -14,17 +13,24 @@ from hskd.cache_job import make_cache
 from hskd.config import Settings
 from hskd.data import load_data
 from hskd.errors import HskdError
+from hskd.files import read_json
 from hskd.job_inputs import parse_layers, run_environment, with_changes
 from hskd.jobs import train_job
+from hskd.locks import OutputLock
 from hskd.runs import fingerprint_settings, is_main_process, write_record
 
 
 def run(s: Settings) -> dict:
     """The main job: teacher, student-finetune and distilled student, evaluated and reported."""
-    from hskd.report import write_run_report
-
     if not s.output_dir:
         raise HskdError("give --output-dir")
+    with OutputLock(s.output_dir) as lock:  # each stage locks its own sub-folder too
+        return _run(s, lock)
+
+
+def _run(s: Settings, lock: OutputLock) -> dict:
+    from hskd.report import write_run_report
+
     out = Path(s.output_dir).expanduser()
     load_data(s)  # fail on bad data before anything is written
     fp = fingerprint_settings(s, "run")
@@ -33,13 +39,15 @@ def run(s: Settings) -> dict:
         raise HskdError(f"--output-dir {out} is a file; give a directory")
     if out.exists() and any(out.iterdir()) and not record.exists():
         raise HskdError(f"{out} holds files that are not an hskd run; choose another --output-dir")
-    if record.exists() and not s.overwrite and json.loads(record.read_text()).get("settings") != fp:
+    if record.exists() and not s.overwrite and read_json(record, "pass --overwrite").get("settings") != fp:
         raise HskdError(f"{out} holds a different run; pass --overwrite to replace it, or choose another "
                         "--output-dir")
     main = is_main_process()
     if main:
         if s.overwrite and out.exists():
             shutil.rmtree(out)
+        if not out.exists():
+            lock.created()
         out.mkdir(parents=True, exist_ok=True)
         write_record(out, {"settings": fp, "status": "running"}, name="run.json")
         s.save(out / "config.yaml", environment=run_environment(s))

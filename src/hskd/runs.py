@@ -16,7 +16,8 @@ from pathlib import Path
 from hskd.config import Settings
 from hskd.device import is_main_process  # noqa: F401 - re-exported
 from hskd.errors import HskdError
-from hskd.files import write_atomic, write_json  # noqa: F401 - re-exported
+from hskd.files import read_json, write_atomic, write_json  # noqa: F401 - re-exported
+from hskd.locks import OutputLock
 from hskd.recipes import is_recipe_file, load_recipe
 
 RECORD = "hskd.json"
@@ -64,7 +65,8 @@ def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, r
     if not out.exists() or not any(out.iterdir()):
         return out, "new"
     record = out / RECORD
-    info = json.loads(record.read_text()) if record.is_file() else None
+    info = read_json(record, "pass --overwrite to replace the run, or choose another --output-dir") \
+        if record.is_file() else None
     if info is None:  # never delete or write into a folder that hskd did not make
         raise HskdError(f"{out} holds files that are not an hskd run; choose another --output-dir")
     same = info.get("settings") == settings_fp
@@ -84,12 +86,16 @@ def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, r
                     "or choose another --output-dir")
 
 
-def start_output(out: Path, state: str, job: str, settings_fp: dict, s: Settings, environment: dict) -> None:
-    """Create (or, for ``overwrite``, replace) the run folder and write its first record."""
+def start_output(out: Path, state: str, job: str, settings_fp: dict, s: Settings, environment: dict,
+                 lock: OutputLock) -> None:
+    """Create (or, for ``overwrite``, replace) the run folder and write its first record. Call
+    it under ``lock``, which then owns a folder it created (see :class:`hskd.locks.OutputLock`)."""
     if not is_main_process():
         return
     if state == "overwrite":
         shutil.rmtree(out)
+    if not out.exists():
+        lock.created()
     out.mkdir(parents=True, exist_ok=True)
     write_record(out, {"job": job, "status": "running", "settings": settings_fp})
     s.save(out / "config.yaml", environment=environment)

@@ -14,6 +14,7 @@ from hskd.cache import CacheReader
 from hskd.config import Settings
 from hskd.errors import HskdError
 from hskd.knowledge import KnowledgeSpec
+from hskd.locks import OutputLock
 from hskd.report import plot_marginal_utility
 from hskd.runs import write_atomic, write_json
 
@@ -94,12 +95,18 @@ def point_spec(p: Point, s: Settings, max_len: int) -> KnowledgeSpec:
 def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool = False) -> list[dict]:
     """Extract one cache at the largest budget, train a student per point, write
     ``results.csv`` and ``marginal_utility.png``. Finished points are kept and skipped."""
-    from hskd import pipeline
 
     if not s.teacher or not s.output_dir:
         raise HskdError("hskd sweep needs --teacher DIR and --output-dir DIR")
     if (s.length_strategy or "attention") in ("cls", "all") and length.strip() not in ("all", "1"):
         raise HskdError("--length-strategy cls/all cannot vary the token count; use left or attention")
+    with OutputLock(s.output_dir) as lock:  # the cache and every point lock their own folders too
+        return _run_sweep(s, depth, length, width, full_grid, lock)
+
+
+def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool, lock: OutputLock) -> list[dict]:
+    from hskd import pipeline
+
     out = Path(s.output_dir).expanduser()
     n_student = pipeline.student_depth(s)
     points = grid(depth, length, width, n_student, full_grid)
@@ -110,6 +117,8 @@ def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool 
     big = KnowledgeSpec(logits=True, hidden=True, depth=s.depth_strategy or "uniform", layers=largest, t_top=s.t_top,
                         length=length_strategy, tokens=max_len if length_strategy != "all" else None, width="all")
     cache_dir = out / "cache"
+    if not out.exists():
+        lock.created()
     out.mkdir(parents=True, exist_ok=True)
     if not (cache_dir / "manifest.json").exists():
         pipeline.make_cache(pipeline.with_changes(s, output_dir=str(cache_dir), knowledge=big.to_dict(), overwrite=False))

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
+from hskd.checkpoints import AtomicCheckpoints, last_complete_checkpoint
 from hskd.data import MODEL_INPUTS
 from hskd.device import resolve_device
 from hskd.errors import HskdError
@@ -77,12 +78,13 @@ class DistillationModel(nn.Module):
         return out, loss, parts
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(AtomicCheckpoints):
     """``Trainer`` with ``compute_loss`` = the stage's :class:`Objective` over the student's
     outputs and the teacher's :class:`Knowledge` (online or cached: the loss sees the same
     tensors either way). In evaluation only the task loss is computed, and the teacher is not
     consulted.
 
+    Checkpoints are written whole or not at all (:class:`hskd.checkpoints.AtomicCheckpoints`).
     The step makes no host synchronisation of its own: the loss parts are kept as device
     tensors and turned into numbers only when they are logged.
     """
@@ -208,6 +210,13 @@ def training_arguments(stage_dir: Path, stage: Stage, task: TaskSpec, s, select:
         raise HskdError(f"bad Trainer setting ({str(exc).splitlines()[0][:200]}); fix the flag or training_args") from None
 
 
+def _broadcast(value):
+    """Rank 0's ``value`` on every rank (under torchrun)."""
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def metrics_fn(task: TaskSpec):
     def compute(pred):
         return compute_metrics(task, pred.predictions, pred.label_ids)
@@ -216,7 +225,7 @@ def metrics_fn(task: TaskSpec):
 
 def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: TaskSpec, s, train_ds,
               dev_ds, collator, knowledge_source, resume: bool) -> dict:
-    """Train one stage; resume from its last checkpoint when asked and one exists.
+    """Train one stage; resume from its newest complete checkpoint when asked and one exists.
 
     Returns the Trainer's train metrics plus ``train_seconds`` and ``train_examples_per_second``.
     """
@@ -225,9 +234,12 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
         model=model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=dev_ds,
         compute_metrics=metrics_fn(task), objective=stage.objective,
         knowledge_source=knowledge_source, callbacks=s.callbacks or None)
-    has_checkpoint = resume and any(p.name.startswith("checkpoint-") for p in stage_dir.glob("checkpoint-*"))
+    checkpoint = last_complete_checkpoint(stage_dir) if resume and is_main_process() else None
+    if resume and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank resumes from the checkpoint rank 0 chose
+        checkpoint = _broadcast(checkpoint)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - start
     metrics = dict(result.metrics)
     metrics["train_seconds"] = seconds
