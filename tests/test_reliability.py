@@ -115,3 +115,102 @@ def test_resume_with_changed_settings_names_the_keys(capsys, tiny_glue, tiny_bac
     code = run_cli("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone,
                    "--output-dir", finished, "--resume", *TINY, "--seed", "7", "--weight-decay", "0.1")
     assert code == 2 and "holds a different run (changed: seed, weight_decay)" in _error_line(capsys)
+
+
+def test_resume_with_another_cache_is_refused(tmp_path, capsys, tiny_glue, tiny_teacher):
+    common = ("--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--student-layers", "2")
+    for name, knowledge in (("a", "1l_2t"), ("b", "1l_3t")):
+        assert run_cli("cache", *common, "--knowledge", knowledge, "--output-dir", tmp_path / name, "--quiet") == 0
+    distill = ("distill", *common, "--recipe", "mud", "--knowledge", "1l_2t", "--output-dir", tmp_path / "s", *TINY)
+    assert run_cli(*distill, "--cache", tmp_path / "a") == 0
+    code = run_cli(*distill, "--cache", tmp_path / "b", "--resume")  # before: skipped training, old result
+    assert code == 2 and "changed: cache_sha256" in _error_line(capsys)
+
+
+def test_a_cache_remembers_its_teachers_label_order(tmp_path, capsys, tiny_glue, tiny_teacher):
+    cache = tmp_path / "cache"
+    assert run_cli("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--knowledge",
+                   "1l_2t", "--student-layers", "2", "--output-dir", cache, "--quiet") == 0
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["fingerprint"]["teacher_labels"] == ["0", "1"]
+    manifest["fingerprint"]["teacher_labels"] = ["1", "0"]  # as a cache from a teacher with flipped labels says
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    code = run_cli("distill", "--task", "SST-2", "--data-dir", tiny_glue, "--cache", cache,
+                   "--recipe", "mud", "--knowledge", "1l_2t", "--student-layers", "2", "--output-dir",
+                   tmp_path / "s", *TINY)
+    line = _error_line(capsys)
+    assert code == 2 and "from a teacher with labels ['1', '0']" in line and not (tmp_path / "s").exists()
+
+
+def test_unreadable_inputs_are_one_line(tmp_path, capsys, tiny_glue, tiny_teacher, tiny_backbone, finished):
+    glue = tmp_path / "glue"
+    shutil.copytree(tiny_glue / "SST-2", glue / "SST-2")
+    train = glue / "SST-2" / "train.tsv"
+    train.write_bytes(train.read_bytes().replace(b"good", b"caf\xe9"))  # Latin-1, not UTF-8
+    finetune = ("finetune", "--task", "SST-2", "--model", tiny_backbone, *TINY)
+    assert run_cli(*finetune, "--data-dir", glue, "--output-dir", tmp_path / "a") == 2
+    assert "is not UTF-8 text" in _error_line(capsys) and not (tmp_path / "a").exists()
+    train.write_text("sentence\tsentence\tlabel\na\tb\t1\n")
+    assert run_cli(*finetune, "--data-dir", glue, "--output-dir", tmp_path / "a") == 2
+    assert "appears 2 times in the header" in _error_line(capsys)
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_teacher, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    distill = ("distill", "--task", "SST-2", "--data-dir", tiny_glue, "--recipe", "kd", "--student-layers", "2",
+               "--output-dir", tmp_path / "s", *TINY)
+    assert run_cli(*distill, "--teacher", truncated) == 2
+    assert "are truncated or corrupt" in _error_line(capsys)
+    (truncated / "config.json").write_text('{"model_type": ')
+    assert run_cli(*distill, "--teacher", truncated) == 2
+    assert "could not load a model config" in _error_line(capsys)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(finished, broken)
+    (broken / "hskd.json").write_text('{"status": "compl')  # a record cut short
+    assert run_cli(*finetune, "--data-dir", tiny_glue, "--output-dir", broken) == 2
+    assert "hskd.json is unreadable or malformed" in _error_line(capsys)
+
+    cache = tmp_path / "cache"
+    assert run_cli("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--knowledge",
+                   "1l_2t", "--student-layers", "2", "--output-dir", cache, "--quiet") == 0
+    (cache / "manifest.json").write_text("[1, 2")
+    assert run_cli(*distill, "--cache", cache, "--recipe", "mud", "--knowledge", "1l_2t") == 2
+    assert "manifest.json is unreadable or malformed" in _error_line(capsys)
+    (cache / "manifest.json").write_text("[1, 2]")
+    assert run_cli(*distill, "--cache", cache, "--recipe", "mud", "--knowledge", "1l_2t") == 2
+    assert "is not a knowledge-cache manifest" in _error_line(capsys)
+
+
+def test_a_failed_command_deletes_nothing_it_did_not_create(tmp_path, capsys, monkeypatch, tiny_glue, tiny_backbone):
+    # the folder appears while this command runs (before, the clean-up went by "it did not exist
+    # when I started" and deleted it); the command then fails on its data: the folder stays
+    import hskd.jobs
+    from hskd.errors import HskdError
+
+    out = tmp_path / "theirs"
+
+    def appears_then_fails(*args, **kwargs):
+        out.mkdir()
+        (out / "work.txt").write_text("someone else's")
+        raise HskdError("bad data")
+
+    monkeypatch.setattr(hskd.jobs, "load_data", appears_then_fails)
+    finetune = ("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone, *TINY)
+    assert run_cli(*finetune, "--output-dir", out) == 2
+    assert "bad data" in _error_line(capsys) and (out / "work.txt").exists()
+    monkeypatch.undo()
+
+
+def test_a_run_that_fails_after_creating_its_folder_removes_it(tmp_path, capsys, tiny_glue, tiny_teacher, tiny_narrow):
+    # the folder, its lock and the parents the run made go; a NaN loss is found after training began
+    recipe = tmp_path / "nan.yaml"
+    recipe.write_text(yaml.safe_dump({"knowledge": {"logits": True}, "stages": [
+        {"name": "broken", "terms": [{"loss": "kd", "weight": 1.0}, {"loss": "test_nan", "weight": 1.0}]}]}))
+    mine = tmp_path / "new" / "deeper" / "mine"
+    code = run_cli("distill", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher,
+                   "--student-model", tiny_narrow, "--student-layers", "2", "--recipe", recipe,
+                   "--plugin", REPO / "tests" / "test_reliability.py", "--output-dir", mine, *TINY)
+    assert code == 2 and "the loss became nan" in _error_line(capsys)
+    assert not (tmp_path / "new").exists()

@@ -69,8 +69,8 @@ def load_config(name_or_path: str | None):
     try:
         return AutoConfig.from_pretrained(resolve_model(name_or_path))
     except (OSError, ValueError) as exc:
-        raise HskdError(f"could not load a model config from {name_or_path!r} ({exc.__class__.__name__}); "
-                        "give a saved model directory or a reachable hub id") from None
+        raise HskdError(f"could not load a model config from {name_or_path!r} ({exc.__class__.__name__}: "
+                        f"{str(exc).splitlines()[0][:120]}); give a saved model directory or a reachable hub id") from None
 
 
 def load_classifier(name_or_path: str | None, task: TaskSpec | None, attentions: bool = False):
@@ -84,6 +84,7 @@ def load_classifier(name_or_path: str | None, task: TaskSpec | None, attentions:
     Raises:
         HskdError: the model cannot be loaded, or its saved label set differs from the task's.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name_or_path)
@@ -91,9 +92,12 @@ def load_classifier(name_or_path: str | None, task: TaskSpec | None, attentions:
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             path, attn_implementation="eager" if attentions else "sdpa", **kwargs)
+    except SafetensorError as exc:  # a truncated or overwritten weights file
+        raise HskdError(f"the weights of {name_or_path!r} are truncated or corrupt ({str(exc)[:120]}); "
+                        "save or download the model again") from None
     except (OSError, ValueError) as exc:
         raise HskdError(f"could not load a model from {name_or_path!r} ({exc.__class__.__name__}: "
-                        f"{str(exc).splitlines()[0][:200]})") from None
+                        f"{str(exc).splitlines()[0][:200]}); give a saved model directory or a reachable hub id") from None
     return model
 
 
@@ -132,6 +136,7 @@ def build_student(backbone: str | None, task: TaskSpec, layers: int | list[int] 
 
     path = resolve_model(backbone)
     if hidden_size is not None:
+        load_config(path)  # a one-line error for a missing or malformed config
         config = AutoConfig.from_pretrained(path, **_label_kwargs(task))
         n_layers = layers if isinstance(layers, int) else (len(layers) if layers else config.num_hidden_layers)
         heads = hidden_size // 64 if hidden_size % 64 == 0 else config.num_attention_heads

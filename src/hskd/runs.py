@@ -7,6 +7,7 @@ go through :func:`is_main_process`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,9 +43,24 @@ def fingerprint_settings(s: Settings, job: str, backbone=None, layers=None) -> d
         keep = {k: data[k] for k in COMMON if k in data}
         return {"job": job, "backbone": backbone, "layers": layers, "learning_rate": s.learning_rate, **keep}
     fp = {"job": job, **{k: v for k, v in data.items() if k not in RUN_CONTROL}}
+    if job == "distill" and s.cache:  # what the cache holds, not where it is: --resume with another is refused
+        fp["cache_sha256"] = cache_identity(s.cache)
     if s.recipe and is_recipe_file(s.recipe):  # a user's recipe: its content, not just its path
         fp["recipe_definition"] = load_recipe(s.recipe)
     return fp
+
+
+def cache_identity(path: str) -> str | None:
+    """A digest of a finished cache's manifest (its fingerprint and every array's sha256), or
+    ``None`` when ``path`` holds no finished cache (the job then refuses it with the reason)."""
+    manifest = Path(path).expanduser() / "manifest.json"
+    if not manifest.is_file():
+        return None
+    m = read_json(manifest, "rebuild the cache with hskd cache --overwrite")
+    if not isinstance(m, dict):
+        return None  # not a manifest: the cache reader refuses it with the reason
+    content = {"fingerprint": m.get("fingerprint"), "arrays": m.get("arrays")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, reuse: bool = False) -> tuple[Path, str]:

@@ -136,6 +136,14 @@ def _read_rows(path: Path, delimiter: str, header: bool, columns: list, skip_mal
     """Read the wanted ``columns`` (names, or indices when there is no header) from a file."""
     if not path.is_file():
         raise HskdError(f"data file not found: {path} (check --data-dir, $GLUE_DIR or --train-file)")
+    try:
+        return _parse_rows(path, delimiter, header, columns, skip_malformed)
+    except UnicodeDecodeError as exc:
+        raise HskdError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "re-save it as UTF-8") from None
+
+
+def _parse_rows(path: Path, delimiter: str, header: bool, columns: list, skip_malformed: bool) -> dict[str, list]:
     out = {c: [] for c in columns}
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter,
@@ -146,6 +154,9 @@ def _read_rows(path: Path, delimiter: str, header: bool, columns: list, skip_mal
             if names is None:
                 raise HskdError(f"{path} is empty; give a file with a header and rows")
             for c in columns:
+                if names.count(c) > 1:
+                    raise HskdError(f"{path}: column {c!r} appears {names.count(c)} times in the header; "
+                                    "rename the duplicates")
                 if c not in names:
                     raise HskdError(
                         f"{path}: no column {c!r} (it has {', '.join(names)}); "
