@@ -43,6 +43,7 @@ def finished(tmp_path_factory, tiny_glue, tiny_backbone):
     (["--max-train-samples", "0"], "max_train_samples must be at least 1"),
     (["--task-type", "regresion"], "did you mean 'regression'"),
     (["--batch-size", "abc"], "invalid int value"),
+    (["--max-seq-length", "1000"], "exceeds the model's 128 positions"),
 ])
 def test_bad_settings_are_refused_before_overwrite_deletes_anything(capsys, tiny_glue, tiny_backbone, finished,
                                                                      flags, message):

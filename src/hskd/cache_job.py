@@ -46,6 +46,7 @@ def _make_cache(s: Settings, spec, device, out: Path, stop_after_batches: int | 
     models.check_labels(teacher, data.task, "teacher")
     tok = models.load_tokenizer(teacher_path)
     max_len = max_length(s, data)
+    models.check_positions(teacher.config, max_len, "teacher")
     n_student = student_depth(s)
     plan = spec.resolve(n_student, teacher.config.num_hidden_layers)
     fp = cache_fingerprint(data.task, data, tok, max_len, teacher_path)

@@ -33,6 +33,7 @@ def evaluate_model(model_dir: str | Path, data: TaskData, s: Settings) -> dict:
     autocast = torch.autocast(device.type, dtype=precision_dtype(s.bf16, s.fp16), enabled=s.bf16 or s.fp16)
     tok = models.load_tokenizer(str(model_dir))
     max_len = max_length(s, data)
+    models.check_positions(model.config, max_len, "model")
     collate = Collator(tok)
     wall = time.perf_counter()
     splits, seconds, count = {}, 0.0, 0

@@ -102,6 +102,9 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     if teacher is not None:
         models.check_same_tokenizer(models.load_tokenizer(s.teacher), student_tok)
     max_len = max_length(s, data)
+    models.check_positions(models.load_config(backbone), max_len, "model")
+    if teacher is not None:
+        models.check_positions(teacher.config, max_len, "teacher")
     if spec is not None and s.cache:
         # with --teacher too (and there), the cache must come from that teacher; a teacher that is
         # gone is not needed: the cache alone trains the student

@@ -111,6 +111,9 @@ class OutputLock:
                 except BlockingIOError:
                     os.close(fd)
                     raise HskdError(self._busy_message()) from None
+                except OSError as exc:  # a filesystem without locks (ENOLCK on some network mounts)
+                    os.close(fd)
+                    raise HskdError(f"cannot lock {self.file} ({exc.strerror}); write to a local disk") from None
                 # the holder before us may have removed the file after we opened it: then our lock
                 # is on a file nobody else sees, so open the current one again
                 try:

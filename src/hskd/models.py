@@ -117,6 +117,18 @@ def check_labels(model, task: TaskSpec, role: str) -> None:
                         "fine-tune it on this task with hskd finetune")
 
 
+def check_positions(config, max_len: int, role: str) -> None:
+    """Refuse a ``--max-seq-length`` beyond the model's position embeddings.
+
+    Raises:
+        HskdError: ``max_len`` > ``config.max_position_embeddings``.
+    """
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_len > limit:
+        raise HskdError(f"--max-seq-length {max_len} exceeds the {role}'s {limit} positions; "
+                        f"give --max-seq-length {limit} or less")
+
+
 def build_student(backbone: str | None, task: TaskSpec, layers: int | list[int] | None = None,
                   hidden_size: int | None = None, attentions: bool = False):
     """Build a student classifier from a backbone.
