@@ -98,6 +98,9 @@ class CacheReader:
             positional = want.length in POSITIONAL and have.length in ("left", "all")
             if not (same or positional) or (want.length == "all" and have.length != "all"):
                 raise HskdError(f"{where} cannot serve length strategy {want.length!r}{fix}")
+            if want.length.startswith("attention") and (want.rank_layer, want.rank_by) != (have.rank_layer, have.rank_by):
+                raise HskdError(f"{where} ranks tokens by the {have.rank_layer} layer's {have.rank_by}, not the "
+                                f"{want.rank_layer} layer's {want.rank_by}{fix}")
             want_k = {"all": cached_k, "cls": 1}.get(want.length, want.tokens)
             if want_k > cached_k:
                 raise HskdError(f"{where} holds {cached_k} tokens, {want_k} asked{fix}")

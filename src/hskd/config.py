@@ -78,6 +78,28 @@ class Settings:
                                    ('distill', 'run', 'sweep'), choices=('all', 'progressive', 'stacked'))
     stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', ('distill', 'run', 'sweep'), above=0)
     cache: str | None = opt(None, 'train from this knowledge cache; the teacher is not loaded', ('distill',))
+    # the departures of docs/METHODS.md, each a named option (None: hskd's default); --preset sets them
+    preset: str | None = opt(None, "a paper's official settings: mud, pkd, tinybert or ird (docs/METHODS.md); "
+                                   "flags still win", DIST, choices=('mud', 'pkd', 'tinybert', 'ird'))
+    kd_form: str | None = opt(None, 'soft-label term: kl (default) or soft_ce (TinyBERT, MUD)', DIST,
+                              choices=('kl', 'soft_ce'))
+    kd_reduction: str | None = opt(None, 'soft-label term: batchmean (default) or mean over batch x classes (PKD, MUD)',
+                                   DIST, choices=('batchmean', 'mean'))
+    kd_temperature_scaling: str | None = opt(None, 'soft-label term: t2 (default, Hinton) or none (TinyBERT, MUD)',
+                                             DIST, choices=('t2', 'none'))
+    pkd_states: str | None = opt(None, 'pkd term: normalized (default, the paper) or raw (the code default)', DIST,
+                                 choices=('normalized', 'raw'))
+    hidden_width_loss: str | None = opt(None, 'hidden_mse with a width budget: selected dims (default) or zeroed '
+                                              '(whole vectors, unkept teacher dims 0: MUD)', DIST,
+                                        choices=('selected', 'zeroed'))
+    attention_kl_average: str | None = opt(None, 'attention_kl: mean over the batch rows (default) or per example',
+                                           DIST, choices=('rows', 'examples'))
+    rank_layer: str | None = opt(None, "attention length: rank by the mapped teacher layer's [CLS] attention "
+                                       "(default) or the top layer's (MUD's att_ttop12)", DIST, choices=('mapped', 'top'))
+    rank_by: str | None = opt(None, 'attention length: rank by probabilities (default) or pre-softmax scores (MUD)',
+                              DIST, choices=('probs', 'scores'))
+    hsk_lr_scheduler: str | None = opt(None, 'mud: learning-rate schedule of the HSK stage: linear (default) or '
+                                             'constant (MUD)', ('distill', 'run', 'sweep'), choices=('linear', 'constant'))
     # optimisation
     num_train_epochs: float = opt(3.0, 'epochs (default 3)', TRAIN, above=0)
     learning_rate: float = opt(5e-5, 'learning rate of fine-tuning (default 5e-5)', ('finetune', 'run'), above=0)
@@ -212,21 +234,34 @@ def load_yaml(path: str) -> dict:
 
 
 def resolve(flags: dict, config_file: str | None = None, recipe_defaults=None) -> Settings:
-    """Merge defaults, recipe defaults, the YAML file and explicit flags (``None`` = unset).
+    """Merge defaults, recipe defaults, a ``--preset``'s settings, the YAML file and explicit
+    flags (``None`` = unset), in that order of precedence (flags win).
 
     ``recipe_defaults``: a function from a recipe name (or file) to the settings it changes.
     """
     merged: dict = {}
     file_values = load_yaml(config_file) if config_file else {}
-    recipe = flags.get("recipe") or file_values.get("recipe") or Settings.recipe
+    recipe = flags.get("recipe") or file_values.get("recipe")
+    preset = flags.get("preset") or file_values.get("preset")
+    preset_values = {}
+    if not preset:
+        recipe = recipe or Settings.recipe
+    else:  # a preset may name its own form of the recipe (TinyBERT's two stages)
+        from hskd.presets import preset_recipe, preset_settings
+
+        _check_type("preset", preset, "--preset")
+        recipe = preset_recipe(preset, recipe)
+        preset_values = preset_settings(preset, recipe, flags.get("task") or file_values.get("task"))
     if recipe_defaults:
         merged.update(recipe_defaults(recipe))
+    merged.update(preset_values)
     merged.update(file_values)
     explicit = {k: v if k == "training_args" else _check_type(k, v, "--" + k.replace("_", "-"))
                 for k, v in flags.items() if v is not None and k in SETTING_NAMES}
     if "training_args" in explicit:
         explicit["training_args"] = {**merged.get("training_args", {}), **explicit["training_args"]}
     merged.update(explicit)
+    merged["recipe"] = recipe
     settings = Settings(**merged)
     for name in ("alpha", "temperature", "beta"):
         if getattr(settings, name) is None:

@@ -45,6 +45,11 @@ class KnowledgeSpec:
         seed: seed of the ``random`` width selector.
         relations: MiniLM's self-attention relations of the teacher's last layer (attention
             distributions and value relations, all tokens; online only).
+        rank_layer: attention length strategies rank tokens by the [CLS] attention of the
+            ``mapped`` teacher layer (the one that produced the distilled state) or of the
+            ``top`` layer for every pair (MUD's ``att_ttop12``).
+        rank_by: rank by attention ``probs`` (averaged over heads) or pre-softmax ``scores``
+            (averaged over heads, as MUD's code does).
     """
 
     logits: bool = True
@@ -60,8 +65,13 @@ class KnowledgeSpec:
     width_fraction: float = 1.0
     seed: int = 0
     relations: bool = False
+    rank_layer: str = "mapped"
+    rank_by: str = "probs"
 
     def __post_init__(self):
+        if self.rank_layer not in ("mapped", "top") or self.rank_by not in ("probs", "scores"):
+            raise HskdError(f"rank_layer is mapped or top and rank_by probs or scores "
+                            f"(got {self.rank_layer!r}, {self.rank_by!r})")
         if self.depth not in DEPTH and self.depth != "list":
             raise HskdError(f"unknown depth strategy {self.depth!r}: use {', '.join([*DEPTH, 'list'])}")
         if self.depth == "list" and not self.layer_map:
@@ -164,6 +174,7 @@ def parse_budget(text: str, depth: str = "uniform", length: str | None = None,
     layers, tokens, frac = m.groups()
     length = length or ("attention" if tokens else "all")
     width = width or ("uniform" if frac and float(frac) < 1 else "all")
+    extra = {k: v for k, v in extra.items() if v is not None}  # unset rank options: the defaults
     return KnowledgeSpec(hidden=True, depth=depth, layers=int(layers) if layers else None,
                          length=length, tokens=int(tokens) if tokens else None,
                          width=width, width_fraction=float(frac) if frac else 1.0, **extra)
@@ -261,14 +272,17 @@ def extract(plan: Plan, teacher_outputs, batch: dict, sep_token_id: int | None =
     if spec.attentions:
         teacher_att = _stack_layers(teacher_outputs.attentions, att_layers)  # [b, p, h, seq, seq]
     if spec.length.startswith("attention"):
+        rank_layers = [plan.n_teacher - 1] * len(pairs) if spec.rank_layer == "top" else att_layers
         if teacher is not None and teacher_outputs.hidden_states is not None:
             from hskd.models import cls_attention
 
-            cls_rows = cls_attention(teacher, teacher_outputs.hidden_states, mask, att_layers)
+            cls_rows = cls_attention(teacher, teacher_outputs.hidden_states, mask, rank_layers,
+                                     scores=spec.rank_by == "scores")
         if cls_rows is None:
-            if teacher_att is None:
-                teacher_att = _stack_layers(teacher_outputs.attentions, att_layers)
-            cls_rows = teacher_att.mean(2)[:, :, 0, :]
+            if spec.rank_by == "scores":
+                raise HskdError("ranking tokens by pre-softmax scores needs BERT-style self-attention in the teacher")
+            rows = _stack_layers(teacher_outputs.attentions, rank_layers)
+            cls_rows = rows.mean(2)[:, :, 0, :]
     index, token_mask = LENGTH[spec.length](
         attention_mask=mask, k=spec.tokens, pairs=len(pairs), cls_attention=cls_rows,
         input_ids=batch["input_ids"], sep_token_id=sep_token_id)
@@ -284,6 +298,27 @@ def extract(plan: Plan, teacher_outputs, batch: dict, sep_token_id: int | None =
         gathered = teacher_att.gather(3, rows[:, :, None, :, None].expand(-1, -1, heads, -1, keys))
         knowledge.attentions = gathered.detach()
     return knowledge
+
+
+def student_states_full(plan: Plan, student_outputs, knowledge: Knowledge, projection=None) -> torch.Tensor:
+    """The student's states at the teacher's layers and tokens, projected to the teacher's
+    whole width: ``[batch, pairs, tokens, teacher_hidden]``. For losses that compare whole
+    vectors (MUD's width loss, ``hidden_mse`` with ``width_loss: zeroed``)."""
+    states = _take_tokens(_stack_layers(student_outputs.hidden_states, [s for s, _ in plan.pairs]),
+                          knowledge.token_index)
+    return states if projection is None else projection(states)
+
+
+def zero_filled(values: torch.Tensor, dim_index: torch.Tensor | None, width: int) -> torch.Tensor:
+    """Selected values ``[..., w]`` put back at their dimensions of a ``[..., width]`` vector of
+    zeros (MUD's teacher target for a width-compressed layer)."""
+    if dim_index is None:
+        return values
+    full = values.new_zeros(*values.shape[:-1], width)
+    if dim_index.dim() == 1:
+        full[..., dim_index] = values
+        return full
+    return full.scatter(-1, dim_index, values)
 
 
 def gather(plan: Plan, student_outputs, knowledge: Knowledge,

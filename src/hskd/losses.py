@@ -28,22 +28,41 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
+                    temperature: float, form: str = "kl", reduction: str = "batchmean",
+                    t_squared: bool = True) -> torch.Tensor:
     """Hinton et al. (2015), "Distilling the Knowledge in a Neural Network", Sec. 2:
-    ``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))``, mean over the batch.
+    ``T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))``, mean over the batch (hskd's default).
 
     The T² factor keeps the gradient scale of the soft term independent of T. For regression
     (``num_labels == 1``) it is the MSE to the teacher's prediction instead, without T.
 
+    The options restate the official code of the other papers (docs/METHODS.md, departures):
+
+    - ``form="soft_ce"``: the soft cross-entropy ``−Σ_c p_t,c · log p_s,c`` (TinyBERT's and MUD's
+      prediction stage). It differs from the KL by the teacher's entropy, which does not depend
+      on the student: the same gradients, another value.
+    - ``reduction="mean"``: divide the sum by batch × classes, not by the batch (PKD's
+      ``nn.KLDivLoss()`` default; MUD's ``(-targets * log_probs).mean()``), which makes the
+      term C times lighter at the same weight.
+    - ``t_squared=False``: no T² factor (TinyBERT, MUD).
+
     Args:
         student_logits, teacher_logits: ``[batch, num_labels]``.
+
+    Raises:
+        ValueError: an unknown ``form`` or ``reduction``.
     """
     if student_logits.size(-1) == 1:
         return F.mse_loss(student_logits.float(), teacher_logits.float())
+    if form not in ("kl", "soft_ce") or reduction not in ("batchmean", "mean"):
+        raise ValueError(f"kd: form is kl or soft_ce, reduction batchmean or mean (got {form!r}, {reduction!r})")
     t = temperature
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    return F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
+    p_teacher = log_p_teacher.exp()
+    per_class = p_teacher * ((log_p_teacher if form == "kl" else 0.0) - log_p_student)  # [batch, classes]
+    loss = per_class.sum() / (per_class.numel() if reduction == "mean" else per_class.size(0))
+    return loss * t * t if t_squared else loss
 
 
 def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -64,18 +83,21 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor)
     return (sq.sum(dim=(0, 2)) / count).sum()
 
 
-def pkd_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor) -> torch.Tensor:
+def pkd_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Patient KD (Sun et al., EMNLP 2019), Eq. 4: MSE between L2-normalised [CLS] states.
 
     ``mean over batch, pairs and hidden dims of (h_s/‖h_s‖ − h_t/‖h_t‖)²``. This is the
     reduction of the authors' released code (``F.mse_loss`` with mean reduction, i.e. also the
-    mean over the hidden dimension), under which their β of 100-500 applies.
+    mean over the hidden dimension), under which their β of 100-500 applies. With
+    ``normalize=False`` the states are compared as they are: the official code's default
+    (``normalize_patience=False``), which its grid script tries next to the normalised form.
 
     Args:
         student_cls, teacher_cls: ``[batch, pairs, hidden]`` (student projected if needed).
     """
-    s = F.normalize(student_cls.float(), p=2, dim=-1)
-    t = F.normalize(teacher_cls.float(), p=2, dim=-1)
+    s, t = student_cls.float(), teacher_cls.float()
+    if normalize:
+        s, t = F.normalize(s, p=2, dim=-1), F.normalize(t, p=2, dim=-1)
     return F.mse_loss(s, t)
 
 
@@ -91,27 +113,38 @@ def cosine_loss(student_cls: torch.Tensor, teacher_cls: torch.Tensor) -> torch.T
 
 
 def attention_kl(student_att: torch.Tensor, teacher_att: torch.Tensor,
-                 row_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+                 row_mask: torch.Tensor, key_mask: torch.Tensor, average: str = "rows") -> torch.Tensor:
     """Aguilar et al. (AAAI 2020), Sec. 3.1: KL(teacher ‖ student) between self-attention
     distributions, per head and query row, on mapped layers.
 
     Inputs are probabilities as Hugging Face returns them with ``output_attentions`` (already
     softmaxed): we take their log and never softmax again. When head counts differ, heads are
     averaged on both sides first. Padding rows are skipped, padding columns (keys) dropped.
-    Reduction: mean over valid rows, heads and batch; sum over layer pairs.
+    Reduction (the paper does not state one): with ``average="rows"`` (default) the mean over
+    the batch's real query rows pooled, and over heads, so long examples weigh more than short
+    ones; with ``average="examples"`` the mean over each example's real rows first, then over
+    the batch. Either way summed over layer pairs.
 
     Args:
         student_att: ``[batch, pairs, heads_s, rows, keys]``.
         teacher_att: ``[batch, pairs, heads_t, rows, keys]``.
         row_mask: ``[batch, pairs, rows]`` true for real query rows.
         key_mask: ``[batch, keys]`` true for real key tokens.
+
+    Raises:
+        ValueError: an unknown ``average``.
     """
+    if average not in ("rows", "examples"):
+        raise ValueError(f"attention_kl: average is rows or examples (got {average!r})")
     s, t = student_att.float(), teacher_att.float()
     if s.size(2) != t.size(2):
         s, t = s.mean(2, keepdim=True), t.mean(2, keepdim=True)
     keys = key_mask[:, None, None, None, :].to(t.dtype)
     t = t * keys
-    kl = (t * (torch.log(t + _EPS) - torch.log(s + _EPS))).sum(-1)  # [batch, pairs, heads, rows]
-    rows = row_mask[:, :, None, :].to(kl.dtype)
-    per_pair = (kl * rows).sum(dim=(0, 2, 3)) / (rows.sum(dim=(0, 3)).squeeze(-1).clamp_min(1.0) * kl.size(2))
+    kl = (t * (torch.log(t + _EPS) - torch.log(s + _EPS))).sum(-1).mean(2)  # [batch, pairs, rows], heads averaged
+    rows = row_mask.to(kl.dtype)
+    if average == "examples":
+        per_example = (kl * rows).sum(-1) / rows.sum(-1).clamp_min(1.0)  # [batch, pairs]
+        return per_example.mean(0).sum()
+    per_pair = (kl * rows).sum(dim=(0, 2)) / rows.sum(dim=(0, 2)).clamp_min(1.0)
     return per_pair.sum()

@@ -256,10 +256,13 @@ def needs_eager_attention(spec, config) -> bool:
     return spec.attentions or (spec.length.startswith("attention") and not supports_cls_attention(config))
 
 
-def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: list[int]) -> torch.Tensor | None:
+def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: list[int],
+                  scores: bool = False) -> torch.Tensor | None:
     """The [CLS] query's attention over keys, averaged over heads, recomputed from each layer's
     input: ``softmax(q_cls·Kᵀ·d_head^-1/2 + mask)``, exactly what eager attention returns in row 0,
     at the cost of one query row. Lets a teacher run with SDPA, which returns no attentions.
+    With ``scores``, the pre-softmax ``q_cls·Kᵀ·d_head^-1/2`` averaged over heads instead (MUD's
+    ranking; padded keys hold the dtype's minimum).
 
     Args:
         hidden_states: the model's ``hidden_states`` tuple; layer j's input is ``[j]``.
@@ -280,9 +283,12 @@ def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: li
         heads, size = att.num_attention_heads, att.attention_head_size
         q = att.query(x[:, :1]).view(b, 1, heads, size).transpose(1, 2)  # [b, h, 1, d]
         k = att.key(x).view(b, seq, heads, size).transpose(1, 2)  # [b, h, seq, d]
-        scores = (q @ k.transpose(-1, -2)).squeeze(2) * att.scaling  # [b, h, seq]
-        scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-        rows.append(scores.softmax(-1).mean(1))
+        raw = (q @ k.transpose(-1, -2)).squeeze(2) * att.scaling  # [b, h, seq]
+        if scores:
+            rows.append(raw.float().mean(1).masked_fill(~keep[:, 0], torch.finfo(torch.float32).min))
+            continue
+        raw = raw.masked_fill(~keep, torch.finfo(raw.dtype).min)
+        rows.append(raw.softmax(-1).mean(1))
     return torch.stack(rows, 1)
 
 

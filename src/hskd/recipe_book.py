@@ -6,7 +6,8 @@
   ``$name`` is the setting ``name``), or ``{builder: NAME}`` (a registered knowledge builder);
 - ``stages``: each with ``name``, ``epochs`` and ``learning_rate`` (expressions over the
   settings; default ``num_train_epochs`` and the job's learning rate), ``select_best`` (keep the
-  best dev checkpoint; default true), optional ``schedule`` (``all``, ``progressive`` or
+  best dev checkpoint; default true), ``scheduler`` (``linear`` or ``constant``; default
+  linear), optional ``schedule`` (``all``, ``progressive`` or
   ``stacked``: one stage per layer pair, Aguilar et al.), and ``terms``: ``{loss: NAME, weight:
   EXPR, pairs: [...], <option>: EXPR}``.
 
@@ -48,12 +49,20 @@ BUILTIN: dict[str, dict] = {
         "knowledge": {"logits": True, "hidden": True, "depth": "uniform", "t_top": "$t_top"},
         "stages": [{"name": "tinybert", "terms": [*KD_TERMS, {"loss": "hidden_mse", "weight": "beta"}]}],
     },
+    "tinybert-2stage": {
+        "source": "Jiao et al. 2020, TinyBERT, Sec. 3.3 and task_distill.py: intermediate-layer distillation "
+                  "(hidden MSE), then prediction-layer distillation; --preset tinybert",
+        "defaults": {"alpha": 1.0, "temperature": 1.0, "beta": 1.0},
+        "knowledge": {"logits": True, "hidden": True, "depth": "uniform", "t_top": "$t_top"},
+        "stages": [{"name": "intermediate", "epochs": "hsk_epochs", "learning_rate": "hsk_learning_rate",
+                    "select_best": False, "terms": [{"loss": "hidden_mse", "weight": "beta"}]}, PREDICTION],
+    },
     "mud": {
         "source": "Liu et al. 2021, Marginal Utility Diminishes (ACL), Sec. 3-4: compressed HSK, then prediction",
         "defaults": {"alpha": 1.0, "temperature": 1.0, "beta": 1.0, "knowledge": "1l_10t_0.1h"},
         "knowledge": {"builder": "budget"},
         "stages": [{"name": "hsk", "epochs": "hsk_epochs", "learning_rate": "hsk_learning_rate", "select_best": False,
-                    "terms": [{"loss": "hidden_mse", "weight": "beta"}]}, PREDICTION],
+                    "scheduler": "$hsk_lr_scheduler", "terms": [{"loss": "hidden_mse", "weight": "beta"}]}, PREDICTION],
     },
     "pkd-skip": _pkd("skip"),
     "pkd-last": _pkd("last"),

@@ -22,7 +22,16 @@ from hskd.terms import LOSSES, Objective, TermContext
 
 IRD_SCHEDULES = ("all", "progressive", "stacked")
 RECIPE_KEYS = {"name", "source", "defaults", "knowledge", "stages"}
-STAGE_KEYS = {"name", "epochs", "learning_rate", "select_best", "schedule", "terms"}
+STAGE_KEYS = {"name", "epochs", "learning_rate", "scheduler", "select_best", "schedule", "terms"}
+# Settings that set a term's option for every recipe (the named departures of docs/METHODS.md):
+# term -> option -> (setting, {setting value: option value} or None for the same value)
+TERM_SETTINGS = {
+    "kd": {"form": ("kd_form", None), "reduction": ("kd_reduction", None),
+           "t_squared": ("kd_temperature_scaling", {"t2": True, "none": False})},
+    "pkd": {"normalize": ("pkd_states", {"normalized": True, "raw": False})},
+    "hidden_mse": {"width_loss": ("hidden_width_loss", None)},
+    "attention_kl": {"average": ("attention_kl_average", None)},
+}
 KNOWLEDGE_BUILDERS = Registry("knowledge builder")
 register_knowledge = KNOWLEDGE_BUILDERS.register
 
@@ -38,6 +47,7 @@ class Stage:
     learning_rate: float
     objective: Objective
     select_best: bool = True
+    scheduler: str = "linear"
 
 
 def is_recipe_file(recipe: str) -> bool:
@@ -135,7 +145,8 @@ def knowledge_spec(s) -> KnowledgeSpec:
     if not s.knowledge:
         raise HskdError("give --knowledge, e.g. 1l_10t_0.1h")
     return parse_budget(str(s.knowledge), depth=s.depth_strategy or "uniform", length=s.length_strategy,
-                        width=s.width_strategy, t_top=s.t_top, seed=s.width_seed, logits=True)
+                        width=s.width_strategy, t_top=s.t_top, seed=s.width_seed, logits=True,
+                        rank_layer=s.rank_layer, rank_by=s.rank_by)
 
 
 @register_knowledge("ird-rows")
@@ -180,6 +191,10 @@ def build_term(term: dict, s, context: TermContext, pairs: list[int] | None):
     if not isinstance(term, dict) or "loss" not in term:
         raise HskdError(f"a recipe term is a mapping with 'loss' (got {term!r})")
     options = {k: evaluate(v, s) for k, v in term.items() if k not in ("loss", "weight", "pairs")}
+    for option, (setting, values) in TERM_SETTINGS.get(term["loss"], {}).items():
+        value = getattr(s, setting, None)
+        if value is not None:  # a flag (or --preset) names this departure: it wins over the recipe
+            options[option] = values[value] if values else value
     weight = evaluate(term.get("weight", 1.0), s)
     return LOSSES[term["loss"]](context, weight=weight, pairs=term.get("pairs", pairs), **options)
 
@@ -202,13 +217,16 @@ def recipe_stages(recipe: str, s, plan: Plan | None, context: TermContext | None
             schedule = getattr(s, schedule[1:]) or "all"
         epochs = evaluate(stage.get("epochs", "num_train_epochs"), s)
         lr = evaluate(stage.get("learning_rate", "learning_rate"), s)
+        scheduler = stage.get("scheduler", "linear")
+        if isinstance(scheduler, str) and scheduler.startswith("$"):
+            scheduler = getattr(s, scheduler[1:]) or "linear"
         for suffix, active in _schedule(schedule, n_pairs) if schedule else [("", None)]:
             terms = [build_term(t, s, context, active) for t in stage["terms"]]
             objective = Objective([t for t in terms if t.weight != 0])  # e.g. CE at alpha = 1
             _check_needs(objective, plan, definition["name"])
             stages.append(Stage(suffix or stage["name"], s.num_train_epochs if epochs is None else epochs,
                                 s.learning_rate if lr is None else lr, objective,
-                                select_best=bool(stage.get("select_best", True))))
+                                select_best=bool(stage.get("select_best", True)), scheduler=scheduler))
     return stages
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from hskd import losses
 from hskd.errors import HskdError
+from hskd.knowledge import zero_filled
 from hskd.registry import Registry
 
 LOSSES = Registry("loss term")
@@ -48,6 +49,8 @@ class LossInputs:
         student_attentions: ``[batch, pairs, heads, tokens, keys]`` attention rows.
         attention_mask: ``[batch, seq]``; student_outputs: the student's model output;
         student: the student model (for terms that recompute from its layers).
+        student_hidden_full: ``[batch, pairs, tokens, teacher_hidden]``, all dimensions (only
+            when a term has ``full_width``).
     """
 
     logits: torch.Tensor
@@ -59,6 +62,7 @@ class LossInputs:
     attention_mask: torch.Tensor | None = None
     student_outputs: Any = None
     student: nn.Module | None = None
+    student_hidden_full: torch.Tensor | None = None
 
 
 class LossTerm(nn.Module):
@@ -76,6 +80,7 @@ class LossTerm(nn.Module):
 
     needs: frozenset = frozenset()
     options: dict = {}  # option name -> default
+    choices: dict = {}  # option name -> its valid values, for options that are names
 
     def __init__(self, context: TermContext, weight: float = 1.0, pairs: list[int] | None = None, **options):
         super().__init__()
@@ -85,6 +90,10 @@ class LossTerm(nn.Module):
                             f"it takes {sorted(self.options) or 'none'}")
         self.weight, self.pairs = float(weight), pairs
         self.opts = {**self.options, **options}
+        for option, valid in self.choices.items():
+            if self.opts[option] not in valid:
+                raise HskdError(f"loss term {self.name!r}: {option} is one of {', '.join(map(str, valid))} "
+                                f"(got {self.opts[option]!r})")
 
     @property
     def name(self) -> str:
@@ -119,34 +128,58 @@ class CrossEntropy(LossTerm):
 
 @loss_term("kd")
 class SoftLabels(LossTerm):
-    """Hinton et al. (2015): T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)); option ``temperature``."""
+    """Hinton et al. (2015): T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)); options ``temperature``,
+    and ``form`` (kl, soft_ce), ``reduction`` (batchmean, mean), ``t_squared`` to restate other
+    papers' code (:func:`hskd.losses.soft_label_loss`)."""
 
     needs = frozenset({"logits"})
-    options = {"temperature": 1.0}
+    options = {"temperature": 1.0, "form": "kl", "reduction": "batchmean", "t_squared": True}
+    choices = {"form": ("kl", "soft_ce"), "reduction": ("batchmean", "mean"), "t_squared": (True, False)}
 
     def loss(self, x):
-        return losses.soft_label_loss(x.logits, x.knowledge.logits, self.opts["temperature"])
+        o = self.opts
+        return losses.soft_label_loss(x.logits, x.knowledge.logits, o["temperature"], form=o["form"],
+                                      reduction=o["reduction"], t_squared=bool(o["t_squared"]))
 
 
 @loss_term("hidden_mse")
 class HiddenMSE(LossTerm):
-    """TinyBERT Eq. 7 / MUD Sec. 3: MSE over the selected hidden values, per pair, summed."""
+    """TinyBERT Eq. 7 / MUD Sec. 3: MSE over the selected hidden values, per pair, summed.
+
+    Option ``width_loss``: ``selected`` (default) compares the kept dimensions only;
+    ``zeroed`` compares whole vectors against the teacher's with its unkept dimensions set to
+    0, as MUD's code does, which also pulls the student's other dimensions toward 0 (and
+    divides by the whole width)."""
 
     needs = frozenset({"hidden"})
+    options = {"width_loss": "selected"}
+    choices = {"width_loss": ("selected", "zeroed")}
+
+    @property
+    def full_width(self) -> bool:
+        return self.opts["width_loss"] == "zeroed"
 
     def loss(self, x):
-        return losses.hidden_mse(self.pick(x.student_hidden), self.pick(x.knowledge.hidden),
-                                 self.pick(x.knowledge.token_mask))
+        mask = self.pick(x.knowledge.token_mask)
+        if not self.full_width:
+            return losses.hidden_mse(self.pick(x.student_hidden), self.pick(x.knowledge.hidden), mask)
+        student = self.pick(x.student_hidden_full)
+        teacher = zero_filled(x.knowledge.hidden, x.knowledge.dim_index, student.size(-1))
+        return losses.hidden_mse(student, self.pick(teacher), mask)
 
 
 @loss_term("pkd")
 class PatientKD(LossTerm):
-    """Sun et al. (2019) Eq. 4: MSE of L2-normalised [CLS] states of the mapped layers."""
+    """Sun et al. (2019) Eq. 4: MSE of L2-normalised [CLS] states of the mapped layers; option
+    ``normalize`` (false: the official code's default, un-normalised states)."""
 
     needs = frozenset({"hidden"})
+    options = {"normalize": True}
+    choices = {"normalize": (True, False)}
 
     def loss(self, x):
-        return losses.pkd_loss(self.pick(x.student_hidden)[:, :, 0], self.pick(x.knowledge.hidden)[:, :, 0])
+        return losses.pkd_loss(self.pick(x.student_hidden)[:, :, 0], self.pick(x.knowledge.hidden)[:, :, 0],
+                               normalize=bool(self.opts["normalize"]))
 
 
 @loss_term("cosine")
@@ -161,14 +194,18 @@ class CLSCosine(LossTerm):
 
 @loss_term("attention_kl")
 class AttentionKL(LossTerm):
-    """Aguilar et al. (2020) Sec. 3.1: KL between attention distributions of mapped layers."""
+    """Aguilar et al. (2020) Sec. 3.1: KL between attention distributions of mapped layers;
+    option ``average`` (rows: pooled over the batch's rows; examples: per example first)."""
 
     needs = frozenset({"attentions"})
+    options = {"average": "rows"}
+    choices = {"average": ("rows", "examples")}
 
     def loss(self, x):
         keys = x.attention_mask[:, : x.student_attentions.size(-1)]
         t_att = self.pick(x.knowledge.attentions)[..., : keys.size(1)]
-        return losses.attention_kl(self.pick(x.student_attentions), t_att, self.pick(x.knowledge.token_mask), keys)
+        return losses.attention_kl(self.pick(x.student_attentions), t_att, self.pick(x.knowledge.token_mask), keys,
+                                   average=self.opts["average"])
 
 
 class Objective:
@@ -204,6 +241,11 @@ class Objective:
     @property
     def needs(self) -> frozenset:
         return frozenset().union(*(t.needs for t in self.terms))
+
+    @property
+    def full_width(self) -> bool:
+        """A term compares whole hidden vectors (see :class:`HiddenMSE`)."""
+        return any(getattr(t, "full_width", False) for t in self.terms)
 
     @property
     def needs_teacher(self) -> bool:

@@ -20,7 +20,7 @@ from hskd.checkpoints import AtomicCheckpoints, last_complete_checkpoint
 from hskd.data import MODEL_INPUTS
 from hskd.device import resolve_device
 from hskd.errors import HskdError
-from hskd.knowledge import Knowledge, Plan, gather
+from hskd.knowledge import Knowledge, Plan, gather, student_states_full
 from hskd.losses import task_loss
 from hskd.models import Projection, model_inputs
 from hskd.recipes import Stage
@@ -71,9 +71,11 @@ class DistillationModel(nn.Module):
         if not needs:
             return out, None, {}
         hidden, att = gather(self.plan, out, knowledge, self.projection)
+        full = student_states_full(self.plan, out, knowledge, self.projection) \
+            if objective.full_width and knowledge.hidden is not None else None
         x = LossInputs(logits=out.logits, labels=labels, example_ids=example_id, knowledge=knowledge,
                        student_hidden=hidden, student_attentions=att, attention_mask=inputs["attention_mask"],
-                       student_outputs=out, student=self.student)
+                       student_outputs=out, student=self.student, student_hidden_full=full)
         loss, parts = objective(x)
         return out, loss, parts
 
@@ -171,7 +173,7 @@ def training_arguments(stage_dir: Path, stage: Stage, task: TaskSpec, s, select:
         learning_rate=stage.learning_rate,
         warmup_steps=s.warmup_ratio,
         weight_decay=s.weight_decay,
-        lr_scheduler_type="linear",
+        lr_scheduler_type=stage.scheduler,  # linear, or constant (MUD's HSK stage)
         max_grad_norm=1.0,
         train_sampling_strategy="group_by_length",
         # with --save-steps, evaluate at the same steps: best-checkpoint selection needs both
