@@ -154,40 +154,62 @@ def _tiny_teacher():
     torch.manual_seed(0)
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    config._attn_implementation = "eager"  # so that it returns attention probabilities to compare with
     return BertForSequenceClassification(config).eval()
 
 
-def test_attention_ranking_by_the_top_layers_scores():
-    # MUD (att_ttop12): rank tokens by the top teacher layer's pre-softmax [CLS] scores
-    # q_cls·k_j/sqrt(d_head), averaged over heads, for every distilled layer; padding never chosen.
+def test_attention_ranking_by_scores_of_the_full_depth_map():
+    # MUD (main.py, att_ttop12, its default): for student layer l the ranking attention is that of
+    # teacher layer l·n_t/n_s (the T_top = n_t map), whatever T_top the hidden states use; the
+    # embedding slot uses layer 1. Tokens are ranked by the pre-softmax [CLS] scores
+    # q_cls·k_j/sqrt(d_head) averaged over heads; padding is never chosen here.
     teacher = _tiny_teacher()
     ids = torch.tensor([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]])
     mask = (ids != 0).long()
     with torch.no_grad():
         out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    spec = KnowledgeSpec(hidden=True, depth="uniform", length="attention", tokens=3, rank_layer="top",
-                         rank_by="scores")
-    plan = spec.resolve(2, 3)
+    spec = KnowledgeSpec(hidden=True, depth="uniform", length="attention", tokens=3, rank_layer="full-depth",
+                         rank_by="scores", t_top=2)
+    plan = spec.resolve(2, 3)  # hidden states from teacher layers 0, 1, 2 (T_top = 2)
     k = extract(plan, out, {"input_ids": ids, "attention_mask": mask}, teacher=teacher)
-    top = teacher.bert.encoder.layer[2].attention.self
-    x = out.hidden_states[2]
-    heads, size = top.num_attention_heads, top.attention_head_size
-    q = top.query(x[:, :1]).view(2, 1, heads, size).transpose(1, 2)
-    keys = top.key(x).view(2, 6, heads, size).transpose(1, 2)
-    scores = (q @ keys.transpose(-1, -2)).squeeze(2).mean(1) / math.sqrt(size)  # [batch, seq]
+    def ranked(layer, i, n):
+        att = teacher.bert.encoder.layer[layer].attention.self
+        x = out.hidden_states[layer]
+        heads, size = att.num_attention_heads, att.attention_head_size
+        q = att.query(x[i:i + 1, :1]).view(1, 1, heads, size).transpose(1, 2)
+        keys = att.key(x[i:i + 1]).view(1, 6, heads, size).transpose(1, 2)
+        scores = (q @ keys.transpose(-1, -2)).squeeze(2).mean(1)[0] / math.sqrt(size)
+        return scores[:n].argsort(descending=True, stable=True)[:3].tolist()
+
+    # student layers 0, 1, 2 -> ranking attention of teacher layers 1, 2, 3 (0-based attention 0, 1, 2)
     for i in range(2):
         n = int(mask[i].sum())
-        want = scores[i, :n].argsort(descending=True, stable=True)[:3]
-        for pair in range(len(plan.pairs)):
-            got = k.token_index[i, pair][k.token_mask[i, pair]]
-            assert got.tolist() == want[: len(got)].tolist()
+        for pair, layer in enumerate([0, 1, 2]):
+            got = k.token_index[i, pair][k.token_mask[i, pair]].tolist()
+            assert got == ranked(layer, i, n)[: len(got)]
     assert k.token_mask[1].sum(-1).tolist() == [3] * len(plan.pairs)  # 3 real tokens in the short row
 
 
-def test_uniform_width_keeps_floor_i_d_over_w():
-    # MUD Sec. 4.3, uniform: dims floor(i·d/w), i < w.
-    got = WIDTH["uniform"](torch.zeros(384), 38, 0).tolist()
-    assert got == [i * 384 // 38 for i in range(38)]
+def test_width_selectors_of_muds_code():
+    from hskd.selectors import bernoulli_uniforms, width_index
+
+    # MUD (main.py, uniform_mask): dims round(i / f) for i < int(d·f)
+    spec = KnowledgeSpec(hidden=True, width="uniform-stride", width_fraction=0.1)
+    assert spec.kept_width(768) == 76
+    assert width_index(spec, torch.zeros(768)).tolist() == [round(i / 0.1) for i in range(int(768 * 0.1))]
+    # hskd's uniform keeps round(f·d) = 77 dims floor(i·d/77): the two share few dims
+    ours = set(WIDTH["uniform"](torch.zeros(768), 77, 0).tolist())
+    assert len(ours & {round(i / 0.1) for i in range(76)}) < 20
+    # MUD (rand_mask): dim j kept when its uniform draw exceeds 1 - f (a Bernoulli(f) mask)
+    for f in (0.1, 0.3):
+        spec = KnowledgeSpec(hidden=True, width="random-bernoulli", width_fraction=f, seed=3)
+        draw = bernoulli_uniforms(384, 3)
+        official = set(torch.nonzero(draw > 1 - f).flatten().tolist())
+        got = width_index(spec, torch.zeros(384)).tolist()
+        assert set(got) == official and spec.kept_width(384) == len(official) != round(f * 384)
+    small = width_index(KnowledgeSpec(hidden=True, width="random-bernoulli", width_fraction=0.1, seed=3),
+                        torch.zeros(384)).tolist()
+    assert got[: len(small)] == small  # a prefix serves any smaller fraction from one cache
 
 
 def test_presets_set_the_official_values_and_flags_win():
@@ -195,13 +217,17 @@ def test_presets_set_the_official_values_and_flags_win():
     assert (s.recipe, s.hsk_epochs, s.hsk_learning_rate, s.hsk_lr_scheduler) == ("mud", 30, 5e-5, "constant")
     assert (s.student_learning_rate, s.num_train_epochs, s.temperature, s.alpha) == (2e-5, 5.0, 1.0, 1.0)
     assert (s.kd_form, s.kd_reduction, s.kd_temperature_scaling) == ("soft_ce", "mean", "none")
-    assert (s.rank_layer, s.rank_by, s.hidden_width_loss, s.save_steps) == ("top", "scores", "zeroed", 50)
+    assert (s.rank_layer, s.rank_by, s.hidden_width_loss, s.save_steps) == ("full-depth", "scores", "zeroed", 50)
+    from hskd.recipes import knowledge_spec
+
+    assert knowledge_spec(resolve({"preset": "mud", "knowledge": "1l_10t_0.1h"}, None, recipe_defaults)).width \
+        == "uniform-stride"
     assert resolve({"preset": "mud", "task": "STS-B"}, None, recipe_defaults).alpha == 0.0  # MSE to gold
     assert resolve({"preset": "mud", "task": "SST-2", "hsk_epochs": 2.0}, None, recipe_defaults).hsk_epochs == 2.0
     pkd = resolve({"preset": "pkd", "recipe": "pkd-last"}, None, recipe_defaults)
     assert (pkd.recipe, pkd.beta, pkd.student_learning_rate, pkd.num_train_epochs, pkd.max_seq_length) == \
         ("pkd-last", 500.0, 1e-5, 4.0, 128)
-    assert (pkd.kd_reduction, pkd.pkd_states, pkd.alpha, pkd.temperature) == ("mean", "raw", 0.7, 10.0)
+    assert (pkd.kd_reduction, pkd.pkd_states, pkd.alpha, pkd.temperature) == ("mean", "normalized", 0.7, 10.0)
     tiny = resolve({"preset": "tinybert", "recipe": "tinybert"}, None, recipe_defaults)
     assert tiny.recipe == "tinybert-2stage" and [st["name"] for st in load_recipe(tiny.recipe)["stages"]] == [
         "intermediate", "prediction"]
@@ -223,3 +249,74 @@ def test_named_options_reach_every_recipes_terms():
     assert hsk.objective.full_width and prediction.scheduler == "linear"
     with pytest.raises(HskdError, match="form is one of kl, soft_ce"):
         LOSSES["kd"](CTX, 1.0, form="softce")
+
+
+def test_tinybert_attention_scores_and_their_mse():
+    # TinyBERT Eq. 3 (task_distill.py): per layer, MSE between student and teacher attention
+    # scores Q·Kᵀ/√d_head + mask, with every entry <= -1e2 set to 0; summed over layers. Equal to
+    # hskd's when nothing is padded.
+    from hskd.models import attention_scores
+
+    teacher = _tiny_teacher()
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 8, 4]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    got = attention_scores(teacher, out.hidden_states, mask, [0, 2])
+    # the probabilities eager attention returns are the softmax of these scores
+    assert torch.allclose(got.softmax(-1), torch.stack([out.attentions[0], out.attentions[2]], 1), atol=1e-6)
+    g = torch.Generator().manual_seed(7)
+    student = got + 0.3 * torch.randn(got.shape, generator=g)
+    additive = (1 - mask[:, None, None, None, :].float()) * -10000.0
+    s_masked = torch.where(student + additive <= -1e2, torch.zeros(()), student + additive)
+    t_masked = torch.where(got + additive <= -1e2, torch.zeros(()), got + additive)
+    official = sum(F.mse_loss(s_masked[:, p], t_masked[:, p]) for p in range(2))
+    rows = torch.ones(2, 2, 5, dtype=torch.bool)
+    _close(losses.attention_score_mse(student, got, rows, mask.bool()), official)
+
+
+def test_tinybert_two_stage_recipe_distills_attention_scores_online_and_from_the_cache(tmp_path, tiny_glue,
+                                                                                     tiny_teacher):
+    from tests.conftest import TINY, run_cli
+
+    common = ("--task", "SST-2", "--data-dir", tiny_glue, "--student-model", tiny_teacher, "--student-layers", "2",
+              "--preset", "tinybert", "--hsk-epochs", "1", *TINY)
+    assert run_cli("distill", *common, "--teacher", tiny_teacher, "--output-dir", tmp_path / "online") == 0
+    import json
+
+    record = json.loads((tmp_path / "online" / "hskd.json").read_text())
+    assert [st["stage"] for st in record["stages"]] == ["intermediate", "prediction"]
+    assert record["knowledge"]["attention_scores"] is True
+    assert run_cli("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--recipe",
+                   "tinybert-2stage", "--student-layers", "2", "--quiet", "--output-dir", tmp_path / "cache") == 0
+    assert run_cli("distill", *common, "--cache", tmp_path / "cache", "--output-dir", tmp_path / "cached") == 0
+    online = json.loads((tmp_path / "online" / "hskd.json").read_text())["stages"][0]["train_loss"]
+    cached = json.loads((tmp_path / "cached" / "hskd.json").read_text())["stages"][0]["train_loss"]
+    assert math.isclose(online, cached, rel_tol=1e-2)  # the same knowledge either way (fp16 in the cache)
+
+
+def test_seeds_run_one_student_per_seed_and_report_the_spread(tmp_path, capsys, tiny_glue, tiny_teacher):
+    import json
+    import statistics
+
+    from tests.conftest import TINY, run_cli
+
+    out = tmp_path / "seeds"
+    args = ("distill", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--student-model",
+            tiny_teacher, "--student-layers", "2", "--recipe", "kd", "--seeds", "3,4", "--output-dir", out, *TINY)
+    assert run_cli(*args) == 0
+    summary = json.loads((out / "seeds.json").read_text())
+    values = [json.loads((out / f"seed-{x}" / "hskd.json").read_text())["eval"]["main_value"] for x in (3, 4)]
+    assert summary["seeds"] == [3, 4] and summary["metrics"]["accuracy"]["values"] == values
+    assert math.isclose(summary["metrics"]["accuracy"]["mean"], statistics.fmean(values))
+    assert math.isclose(summary["metrics"]["accuracy"]["std"], statistics.stdev(values))
+    assert json.loads((out / "seed-4" / "hskd.json").read_text())["settings"]["seed"] == 4
+    assert "| accuracy |" in capsys.readouterr().out and (out / "seeds.md").exists()
+    first = (out / "seed-3" / "checkpoints").stat().st_mtime_ns
+    assert run_cli(*args) == 0  # a rerun keeps the finished seeds
+    assert (out / "seed-3" / "checkpoints").stat().st_mtime_ns == first
+    capsys.readouterr()
+    bad = [a if a != "3,4" else "3,3" for a in args]
+    bad[bad.index(out)] = tmp_path / "bad"
+    assert run_cli(*bad) == 2
+    assert "bad --seeds '3,3'" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -35,7 +35,7 @@ from hskd.errors import HskdError
 from hskd.files import read_json, write_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention
-from hskd.selectors import WIDTH
+from hskd.selectors import SHARED_WIDTH, width_index
 from hskd.tasks import sha256_file
 
 FORMAT = 1
@@ -114,8 +114,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
                                 "or pass --overwrite")
         else:
             _allocate(work, shapes)
-            if spec.hidden and spec.width in ("uniform", "random"):  # shared dims, known up front
-                np.save(work / "dims.npy", WIDTH[spec.width](torch.empty(d), width, spec.seed).numpy().astype(np.int64))
+            if spec.hidden and spec.width in SHARED_WIDTH:  # shared dims, known up front
+                np.save(work / "dims.npy", width_index(spec, torch.empty(d)).numpy().astype(np.int64))
             write_json(plan_file, header)
     barrier()
     # progress is counted in rows, so a resume may use any batch size; the first write's batch
@@ -143,8 +143,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
             inputs = {k: _to_device(batch[k], device) for k in ("input_ids", "attention_mask", "token_type_ids")
                       if k in batch}
             with torch.inference_mode():
-                out = teacher(**model_inputs(inputs, teacher.dtype), output_hidden_states=spec.hidden,
-                              output_attentions=needs_att)
+                out = teacher(**model_inputs(inputs, teacher.dtype),
+                              output_hidden_states=spec.hidden or spec.attention_scores, output_attentions=needs_att)
                 k = extract(plan, out, inputs, sep_token_id, teacher=teacher)
                 host = _to_host(_storage_tensors(k, spec))
             writer.put(step, lo, hi, host)  # the copy and the write overlap the next batch

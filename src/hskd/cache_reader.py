@@ -12,7 +12,7 @@ import torch
 from hskd.errors import HskdError
 from hskd.files import read_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan
-from hskd.selectors import WIDTH, select_dims
+from hskd.selectors import select_dims, width_index
 from hskd.tasks import sha256_file
 
 POSITIONAL = ("cls", "left", "all")  # length strategies whose token order is by position
@@ -86,6 +86,9 @@ class CacheReader:
         have = self.spec
         where = f"cache {self.path} ({have.describe()})"
         fix = "; build one at that budget with hskd cache"
+        if want.attentions and want.attention_scores != have.attention_scores:
+            kinds = {True: "attention scores", False: "attention probabilities"}
+            raise HskdError(f"{where} holds {kinds[have.attention_scores]}, not {kinds[want.attention_scores]}{fix}")
         if (want.hidden and not have.hidden) or (want.attentions and not have.attentions):
             raise HskdError(f"{where} holds no {'hidden states' if want.hidden else 'attentions'}{fix}")
         missing = [p for p in pairs if p not in self.pairs]
@@ -112,10 +115,11 @@ class CacheReader:
             cached_w = self.arrays["hidden"].shape[-1]
             if have.width == "all":
                 how["width"] = ("all",) if want.width == "all" else ("select", w)
-            elif want.width == have.width and (want.width != "random" or want.seed == have.seed) and w <= cached_w:
-                if want.width == "uniform":
+            elif want.width == have.width and (not want.width.startswith("random") or want.seed == have.seed) \
+                    and w <= cached_w:
+                if want.width.startswith("uniform"):
                     dims = self.arrays["dims"]
-                    wanted = WIDTH["uniform"](torch.zeros(d), w, 0).numpy()
+                    wanted = width_index(want, torch.zeros(d)).numpy()
                     pos = {int(v): i for i, v in enumerate(dims)}
                     if any(int(v) not in pos for v in wanted):
                         raise HskdError(f"{where}: uniform width {w} is not a subset of the cached {cached_w}{fix}")
@@ -178,7 +182,7 @@ class CacheReader:
                 if mode[0] == "all":
                     k.hidden = values
                 elif mode[0] == "select":  # selection on exact fp16 values, done in fp32 on the CPU
-                    k.dim_index = WIDTH[want.width](values.float(), mode[1], want.seed)
+                    k.dim_index = width_index(want, values.float())
                     k.hidden = select_dims(values, k.dim_index)
                 elif mode[0] == "positions":
                     k.hidden = values[..., mode[1]]

@@ -155,7 +155,11 @@ def _silence() -> None:
 def _dispatch(args, s) -> int:
     from hskd import pipeline
 
-    if args.command == "finetune":
+    if args.command in ("finetune", "distill") and s.seeds:
+        from hskd.seeds import run_seeds, seeds_table
+
+        print(seeds_table(run_seeds(s, getattr(pipeline, args.command))))
+    elif args.command == "finetune":
         rec = pipeline.finetune(s)
         _print_eval(rec.get("eval"))
     elif args.command == "distill":

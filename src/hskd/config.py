@@ -94,8 +94,9 @@ class Settings:
                                         choices=('selected', 'zeroed'))
     attention_kl_average: str | None = opt(None, 'attention_kl: mean over the batch rows (default) or per example',
                                            DIST, choices=('rows', 'examples'))
-    rank_layer: str | None = opt(None, "attention length: rank by the mapped teacher layer's [CLS] attention "
-                                       "(default) or the top layer's (MUD's att_ttop12)", DIST, choices=('mapped', 'top'))
+    rank_layer: str | None = opt(None, "attention length: rank by the distilled teacher layer's [CLS] attention "
+                                       "(mapped, default) or by the layer of the T_top = n_t map (full-depth: MUD's "
+                                       "att_ttop12)", DIST, choices=('mapped', 'full-depth'))
     rank_by: str | None = opt(None, 'attention length: rank by probabilities (default) or pre-softmax scores (MUD)',
                               DIST, choices=('probs', 'scores'))
     hsk_lr_scheduler: str | None = opt(None, 'mud: learning-rate schedule of the HSK stage: linear (default) or '
@@ -110,6 +111,8 @@ class Settings:
     warmup_ratio: float = opt(0.1, 'fraction of steps of linear warmup (default 0.1)', TRAIN, minimum=0, maximum=1)
     weight_decay: float = opt(0.01, 'AdamW weight decay (default 0.01)', TRAIN, minimum=0)
     seed: int = opt(42, 'random seed (default 42)', ('finetune', 'distill', 'run', 'sweep', 'cache'), minimum=0)
+    seeds: str | None = opt(None, 'train once per seed (42,43,44) into OUT/seed-N; OUT/seeds.md has mean ± std',
+                            ('finetune', 'distill'))
     max_steps: int | None = opt(None, 'stop each stage after N steps (overrides epochs)', TRAIN, minimum=1)
     save_steps: int | None = opt(None, 'checkpoint every N steps (default: every epoch)', TRAIN, minimum=1)
     logging_steps: int = opt(50, 'log every N steps', TRAIN, minimum=1)

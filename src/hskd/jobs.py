@@ -116,7 +116,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
                             f"{task.name}'s are {list(task.labels or [])}; rebuild the cache with hskd cache")
     student = models.build_student(backbone, task, layers=layers,
                                    hidden_size=hidden_size,
-                                   attentions=bool(spec and spec.attentions))
+                                   attentions=bool(spec and spec.attentions and not spec.attention_scores))
     n_student = student.config.num_hidden_layers
     n_teacher = teacher.config.num_hidden_layers if teacher is not None else (
         reader.manifest["teacher_layers"] if reader else 0)

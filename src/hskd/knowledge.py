@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from hskd.errors import HskdError
-from hskd.selectors import DEPTH, LENGTH, WIDTH, select_dims  # noqa: F401 - re-exported
+from hskd.selectors import DEPTH, LENGTH, WIDTH, select_dims, width_index  # noqa: F401 - re-exported
 
 
 # ------------------------------------------------------------------------------------ spec
@@ -46,10 +46,15 @@ class KnowledgeSpec:
         relations: MiniLM's self-attention relations of the teacher's last layer (attention
             distributions and value relations, all tokens; online only).
         rank_layer: attention length strategies rank tokens by the [CLS] attention of the
-            ``mapped`` teacher layer (the one that produced the distilled state) or of the
-            ``top`` layer for every pair (MUD's ``att_ttop12``).
+            ``mapped`` teacher layer (the one that produced the distilled state) or, with
+            ``full-depth``, of the layer the uniform map with T_top = n_t gives (MUD's
+            ``att_ttop12``, its default; the same layer unless ``t_top`` < n_t).
         rank_by: rank by attention ``probs`` (averaged over heads) or pre-softmax ``scores``
             (averaged over heads, as MUD's code does).
+        attention_scores: the attention knowledge is TinyBERT's pre-softmax scores
+            ``Q·Kᵀ/√d_head`` (masked keys 0) instead of probabilities, recomputed from each
+            layer's input on both sides (no eager attention needed). The embedding pair (0) is
+            kept for the hidden states; attention terms skip it.
     """
 
     logits: bool = True
@@ -67,10 +72,13 @@ class KnowledgeSpec:
     relations: bool = False
     rank_layer: str = "mapped"
     rank_by: str = "probs"
+    attention_scores: bool = False
 
     def __post_init__(self):
-        if self.rank_layer not in ("mapped", "top") or self.rank_by not in ("probs", "scores"):
-            raise HskdError(f"rank_layer is mapped or top and rank_by probs or scores "
+        if self.attention_scores and not self.attentions:
+            raise HskdError("attention_scores is a form of attention knowledge: set attentions too")
+        if self.rank_layer not in ("mapped", "full-depth") or self.rank_by not in ("probs", "scores"):
+            raise HskdError(f"rank_layer is mapped or full-depth and rank_by probs or scores "
                             f"(got {self.rank_layer!r}, {self.rank_by!r})")
         if self.depth not in DEPTH and self.depth != "list":
             raise HskdError(f"unknown depth strategy {self.depth!r}: use {', '.join([*DEPTH, 'list'])}")
@@ -122,13 +130,13 @@ class KnowledgeSpec:
             if not (0 <= s <= n_student and 0 <= t <= n_teacher):
                 raise HskdError(f"layer pair {s}:{t} is out of range for a {n_student}-layer student "
                                 f"and a {n_teacher}-layer teacher")
-        if self.attentions and self.depth != "list":
+        if self.attentions and self.depth != "list" and not (self.attention_scores and self.hidden):
             pairs = [p for p in pairs if p[0] > 0]  # the embedding output has no attention
         if self.layers is not None:
             if self.layers > len(pairs):
                 raise HskdError(f"{self.layers} layers asked, but the {self.depth} map has {len(pairs)}")
             pairs = pairs[-self.layers:]
-        if self.attentions and any(s == 0 or t == 0 for s, t in pairs):
+        if self.attentions and not (self.attention_scores and self.hidden) and any(s == 0 or t == 0 for s, t in pairs):
             raise HskdError("attention knowledge needs transformer layers: drop the embedding pair (0)")
         return pairs
 
@@ -143,7 +151,15 @@ class KnowledgeSpec:
         return Plan(self, tuple(tuple(p) for p in pairs), n_student, n_teacher)
 
     def kept_width(self, hidden_size: int) -> int:
-        """Number of kept dimensions: max(1, round(fraction · hidden_size))."""
+        """Number of kept dimensions: max(1, round(fraction · hidden_size)); MUD's selectors:
+        int(fraction · hidden_size) (``uniform-stride``) and the Bernoulli draw's count
+        (``random-bernoulli``)."""
+        if self.width == "uniform-stride":
+            return max(1, int(self.width_fraction * hidden_size))
+        if self.width == "random-bernoulli":
+            from hskd.selectors import bernoulli_uniforms
+
+            return max(1, int((bernoulli_uniforms(hidden_size, self.seed) > 1 - self.width_fraction).sum()))
         return max(1, round(self.width_fraction * hidden_size))
 
     def describe(self) -> str:
@@ -269,10 +285,16 @@ def extract(plan: Plan, teacher_outputs, batch: dict, sep_token_id: int | None =
     mask = batch["attention_mask"]
     att_layers = [max(t - 1, 0) for _, t in pairs]
     teacher_att = cls_rows = None
-    if spec.attentions:
+    if spec.attentions and spec.attention_scores:
+        from hskd.models import attention_scores
+
+        teacher_att = attention_scores(teacher, teacher_outputs.hidden_states, mask, att_layers)
+    elif spec.attentions:
         teacher_att = _stack_layers(teacher_outputs.attentions, att_layers)  # [b, p, h, seq, seq]
     if spec.length.startswith("attention"):
-        rank_layers = [plan.n_teacher - 1] * len(pairs) if spec.rank_layer == "top" else att_layers
+        rank_layers = att_layers
+        if spec.rank_layer == "full-depth":  # MUD's att_ttop12: the layer the T_top = n_t map gives
+            rank_layers = [max(round(s * plan.n_teacher / plan.n_student) - 1, 0) for s, _ in pairs]
         if teacher is not None and teacher_outputs.hidden_states is not None:
             from hskd.models import cls_attention
 
@@ -289,7 +311,7 @@ def extract(plan: Plan, teacher_outputs, batch: dict, sep_token_id: int | None =
     knowledge.token_index, knowledge.token_mask = index, token_mask
     if spec.hidden:
         states = _take_tokens(_stack_layers(teacher_outputs.hidden_states, [t for _, t in pairs]), index)
-        dim_index = WIDTH[spec.width](states, spec.kept_width(states.size(-1)), spec.seed)
+        dim_index = width_index(spec, states)
         values = select_dims(states, dim_index) * token_mask[..., None]
         knowledge.hidden, knowledge.dim_index = values.detach(), dim_index
     if spec.attentions:
@@ -321,11 +343,12 @@ def zero_filled(values: torch.Tensor, dim_index: torch.Tensor | None, width: int
     return full.scatter(-1, dim_index, values)
 
 
-def gather(plan: Plan, student_outputs, knowledge: Knowledge,
-           projection=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def gather(plan: Plan, student_outputs, knowledge: Knowledge, projection=None, student=None,
+           attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The student's values at the teacher's layers, tokens and dimensions.
 
-    The student's hidden states are projected to the teacher's width (TinyBERT's ``fit_dense``)
+    ``student`` and ``attention_mask`` are needed for attention scores (recomputed from the
+    student's layer inputs). The student's hidden states are projected to the teacher's width (TinyBERT's ``fit_dense``)
     and then taken at the same dimensions. Only the chosen output dimensions of the projection
     are computed when the width index is shared. Note: the MUD authors' code instead zeroes the
     teacher's unselected dimensions and compares full vectors, which also pulls the student
@@ -348,7 +371,13 @@ def gather(plan: Plan, student_outputs, knowledge: Knowledge,
         else:
             hidden = select_dims(projection(states), dim_index)
     if knowledge.attentions is not None:
-        att = _stack_layers(student_outputs.attentions, [s - 1 for s, _ in pairs])  # [b,p,h,seq,seq]
+        layers = [max(s - 1, 0) for s, _ in pairs]  # the embedding slot (scores only) is skipped by the terms
+        if plan.spec.attention_scores:
+            from hskd.models import attention_scores
+
+            att = attention_scores(student, student_outputs.hidden_states, attention_mask, layers)
+        else:
+            att = _stack_layers(student_outputs.attentions, layers)  # [b,p,h,seq,seq]
         rows = knowledge.token_index.clamp(max=att.size(3) - 1)
         heads, keys = att.size(2), att.size(-1)
         attentions = att.gather(3, rows[:, :, None, :, None].expand(-1, -1, heads, -1, keys))

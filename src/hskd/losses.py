@@ -148,3 +148,25 @@ def attention_kl(student_att: torch.Tensor, teacher_att: torch.Tensor,
         return per_example.mean(0).sum()
     per_pair = (kl * rows).sum(dim=(0, 2)) / rows.sum(dim=(0, 2)).clamp_min(1.0)
     return per_pair.sum()
+
+
+def attention_score_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
+                        row_mask: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """TinyBERT (Jiao et al. 2020), Eq. 3: MSE between the student's and the teacher's
+    pre-softmax attention scores of mapped layers (``torch.where(att <= -1e2, 0, att)`` on both
+    sides in the authors' code, i.e. padded keys are 0), summed over layers.
+
+    Reduction: the mean over heads, real query rows and real keys, per layer pair; then the sum
+    over pairs. TinyBERT's ``MSELoss`` also counts padded rows and keys (zeros on both sides
+    for keys): without padding the two are equal.
+
+    Args:
+        student_scores, teacher_scores: ``[batch, pairs, heads, rows, keys]`` (same head count).
+        row_mask: ``[batch, pairs, rows]`` true for real query rows.
+        key_mask: ``[batch, keys]`` true for real keys.
+    """
+    s, t = student_scores.float(), teacher_scores.float()
+    weight = row_mask[:, :, None, :, None].float() * key_mask[:, None, None, None, :].float()
+    sq = (s - t).pow(2) * weight  # [batch, pairs, heads, rows, keys]
+    count = weight.expand_as(sq).sum(dim=(0, 2, 3, 4)).clamp_min(1.0)  # [pairs]
+    return (sq.sum(dim=(0, 2, 3, 4)) / count).sum()

@@ -253,6 +253,8 @@ def supports_cls_attention(config) -> bool:
 
 def needs_eager_attention(spec, config) -> bool:
     """Whether a teacher must return attention maps (eager attention, slower than SDPA)."""
+    if spec.attentions and getattr(spec, "attention_scores", False):
+        return not supports_cls_attention(config)  # scores are recomputed from the layer inputs
     return spec.attentions or (spec.length.startswith("attention") and not supports_cls_attention(config))
 
 
@@ -290,6 +292,39 @@ def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: li
         raw = raw.masked_fill(~keep, torch.finfo(raw.dtype).min)
         rows.append(raw.softmax(-1).mean(1))
     return torch.stack(rows, 1)
+
+
+def attention_scores(model, hidden_states, attention_mask: torch.Tensor, layers: list[int]) -> torch.Tensor:
+    """TinyBERT's attention knowledge (Jiao et al. 2020, Eq. 3): the pre-softmax attention
+    scores ``Q·Kᵀ/√d_head`` of each layer, recomputed from the layer's input with its own
+    projections, with padded keys set to 0 (TinyBERT adds the mask, then zeroes every entry at
+    or below -100).
+
+    Args:
+        hidden_states: the model's ``hidden_states`` tuple; layer j's input is ``[j]``.
+        attention_mask: ``[batch, seq]``.
+        layers: 0-based attention layers.
+
+    Returns: ``[batch, len(layers), heads, seq, seq]``, fp32.
+
+    Raises:
+        HskdError: a model without BERT-style self-attention.
+    """
+    if not supports_cls_attention(model.config):
+        raise HskdError(f"attention scores need BERT-style self-attention; {model.config.model_type} has none here")
+    blocks = model.base_model.encoder.layer
+    keep = attention_mask.bool()[:, None, None, :]
+    out = []
+    for j in layers:
+        att = blocks[j].attention.self
+        x = hidden_states[j]
+        b, seq, _ = x.shape
+        heads, size = att.num_attention_heads, att.attention_head_size
+        q = att.query(x).view(b, seq, heads, size).transpose(1, 2).float()
+        k = att.key(x).view(b, seq, heads, size).transpose(1, 2).float()
+        scores = (q @ k.transpose(-1, -2)) / size ** 0.5  # [b, h, seq, seq]
+        out.append(scores.masked_fill(~keep, 0.0))
+    return torch.stack(out, 1)
 
 
 def attention_relations(model, hidden_states, attention_mask: torch.Tensor, relation_heads: int,

@@ -19,37 +19,41 @@ PRESETS: dict[str, dict] = {
     "mud": {
         "source": "llyx97/Marginal-Utility-Diminishes (Liu et al. 2021): HSK stage, then prediction stage",
         "recipes": {"mud": "mud"},
+        # the official selectors behind hskd's width strategy names
+        "width_strategies": {"uniform": "uniform-stride", "random": "random-bernoulli"},
         "settings": {
             # HSK stage: constant lr 5e-5, per-task epochs; whole vectors with unkept dims zeroed
             "hsk_learning_rate": 5e-5, "hsk_lr_scheduler": "constant", "hsk_epochs": _MUD_HSK_EPOCHS,
             "hidden_width_loss": "zeroed",
-            # attention length: the top teacher layer's pre-softmax [CLS] scores (att_ttop12)
-            "rank_layer": "top", "rank_by": "scores",
+            # attention length: pre-softmax [CLS] scores of the layer the T_top = 12 map gives (att_ttop12)
+            "rank_layer": "full-depth", "rank_by": "scores",
             # prediction stage: lr 2e-5, 5 epochs, soft cross-entropy at T = 1 over batch x classes, no T²,
             # evaluated every 50 steps; STS-B trains on the gold score (MSE) instead
-            "student_learning_rate": 2e-5, "num_train_epochs": 5.0, "temperature": 1.0,
-            "alpha": {"STS-B": 0.0, None: 1.0},
+            "student_learning_rate": 2e-5, "num_train_epochs": 5.0, "warmup_ratio": 0.0, "temperature": 1.0,
+            "alpha": {"STS-B": 0.0, None: 1.0}, "batch_size": 32,
             "kd_form": "soft_ce", "kd_reduction": "mean", "kd_temperature_scaling": "none", "save_steps": 50,
         },
     },
     "pkd": {
-        "source": "intersun/PKD-for-BERT-Model-Compression (Sun et al. 2019): run scripts and NLI_KD_training.py",
+        "source": "intersun/PKD-for-BERT-Model-Compression (Sun et al. 2019): the kd.cls configuration of "
+                  "src/argument_parser.py, src/KD_loss.py",
         "recipes": {"pkd-skip": "pkd-skip", "pkd-last": "pkd-last", "kd": "kd"},
         "settings": {
-            "student_learning_rate": 1e-5, "beta": 500.0, "num_train_epochs": 4.0, "max_seq_length": 128,
-            "batch_size": 32,
-            # nn.KLDivLoss() with its default reduction: the sum over batch x classes, times T²
+            "student_learning_rate": 1e-5, "beta": 500.0, "alpha": 0.7, "temperature": 10.0,
+            "num_train_epochs": 4.0, "max_seq_length": 128, "batch_size": 32,
+            # KLDivLoss with reduction 'mean' (KD_loss.py's default): divided by batch x classes, times T²
             "kd_reduction": "mean",
-            # normalize_patience=False is the script's default (its grid also tries True)
-            "pkd_states": "raw",
+            # kd.cls normalises the patience states; the parser's default (normalize_patience=False)
+            # is --pkd-states raw, and run_student_patience.py's grid tries both
+            "pkd_states": "normalized",
         },
     },
     "tinybert": {
         "source": "huawei-noah/Pretrained-Language-Model, TinyBERT/task_distill.py (Jiao et al. 2020)",
         "recipes": {"tinybert": "tinybert-2stage", "tinybert-2stage": "tinybert-2stage"},
         "settings": {
-            # intermediate-layer stage: lr 5e-5, 10 epochs (the README's task distillation)
-            "hsk_learning_rate": 5e-5, "hsk_epochs": 10.0,
+            # intermediate-layer stage (no --pred_distill): constant lr 5e-5, 10 epochs (the README)
+            "hsk_learning_rate": 5e-5, "hsk_epochs": 10.0, "hsk_lr_scheduler": "constant",
             # prediction stage: lr 3e-5, 3 epochs, soft cross-entropy at T = 1 over batch x classes, no T²;
             # regression (STS-B) on the gold score
             "student_learning_rate": 3e-5, "num_train_epochs": 3.0, "temperature": 1.0,
@@ -83,6 +87,12 @@ def preset_recipe(preset: str, recipe: str | None) -> str:
         raise HskdError(f"--preset {preset} describes recipe(s) {', '.join(mapping)}, not {recipe!r}; "
                         f"give --recipe {next(iter(mapping))}")
     return mapping[recipe]
+
+
+def preset_width(preset: str | None, width: str) -> str:
+    """The width strategy a preset uses for hskd's ``width`` name (MUD's own uniform and
+    random selectors under ``--preset mud``)."""
+    return PRESETS.get(preset or "", {}).get("width_strategies", {}).get(width, width)
 
 
 def preset_settings(preset: str, recipe: str, task: str | None) -> dict:

@@ -50,12 +50,15 @@ BUILTIN: dict[str, dict] = {
         "stages": [{"name": "tinybert", "terms": [*KD_TERMS, {"loss": "hidden_mse", "weight": "beta"}]}],
     },
     "tinybert-2stage": {
-        "source": "Jiao et al. 2020, TinyBERT, Sec. 3.3 and task_distill.py: intermediate-layer distillation "
-                  "(hidden MSE), then prediction-layer distillation; --preset tinybert",
+        "source": "Jiao et al. 2020, TinyBERT, Eq. 3, 7, 9 and task_distill.py: intermediate layers (attention-score "
+                  "MSE + hidden MSE, embeddings included), then the prediction layer; --preset tinybert",
         "defaults": {"alpha": 1.0, "temperature": 1.0, "beta": 1.0},
-        "knowledge": {"logits": True, "hidden": True, "depth": "uniform", "t_top": "$t_top"},
+        "knowledge": {"logits": True, "hidden": True, "attentions": True, "attention_scores": True,
+                      "depth": "uniform", "t_top": "$t_top"},
         "stages": [{"name": "intermediate", "epochs": "hsk_epochs", "learning_rate": "hsk_learning_rate",
-                    "select_best": False, "terms": [{"loss": "hidden_mse", "weight": "beta"}]}, PREDICTION],
+                    "scheduler": "$hsk_lr_scheduler", "select_best": False,
+                    "terms": [{"loss": "attention_mse", "weight": 1.0},
+                                                    {"loss": "hidden_mse", "weight": "beta"}]}, PREDICTION],
     },
     "mud": {
         "source": "Liu et al. 2021, Marginal Utility Diminishes (ACL), Sec. 3-4: compressed HSK, then prediction",

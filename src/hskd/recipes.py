@@ -144,9 +144,13 @@ def knowledge_spec(s) -> KnowledgeSpec:
         return KnowledgeSpec.from_dict({**s.knowledge, "logits": True})
     if not s.knowledge:
         raise HskdError("give --knowledge, e.g. 1l_10t_0.1h")
-    return parse_budget(str(s.knowledge), depth=s.depth_strategy or "uniform", length=s.length_strategy,
+    from hskd.presets import preset_width
+
+    spec = parse_budget(str(s.knowledge), depth=s.depth_strategy or "uniform", length=s.length_strategy,
                         width=s.width_strategy, t_top=s.t_top, seed=s.width_seed, logits=True,
                         rank_layer=s.rank_layer, rank_by=s.rank_by)
+    width = preset_width(getattr(s, "preset", None), spec.width)
+    return spec if width == spec.width else KnowledgeSpec.from_dict({**spec.to_dict(), "width": width})
 
 
 @register_knowledge("ird-rows")

@@ -22,7 +22,7 @@ from hskd.locks import OutputLock
 from hskd.recipes import is_recipe_file, load_recipe
 
 RECORD = "hskd.json"
-RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache", "device",
+RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache", "device", "seeds",
                "dataloader_num_workers", "torch_compile", "plugin"}
 # Settings that change the result but came later: left out of the fingerprint at their default,
 # so that runs made before them are still recognised (reused, resumed).

@@ -158,6 +158,45 @@ def width_magnitude(values, w, seed):
     return values.abs().topk(w, dim=-1, sorted=True).indices
 
 
+@register_width("uniform-stride")
+def width_uniform_stride(values, w, seed, fraction: float | None = None):
+    """MUD's code (``uniform_mask``): dims round(i / f) for i < int(d · f), f the width
+    fraction, Python's round (half to even); shared by all examples, tokens and layers. At
+    f = 0.1 of 768 that is 76 dims 0, 10, ..., 750, where ``uniform`` keeps 77 dims floor(i · 768 / 77)."""
+    f = fraction if fraction is not None else w / values.size(-1)
+    return torch.tensor([round(i / f) for i in range(w)], dtype=torch.long, device=values.device)
+
+
+width_uniform_stride.uses_fraction = True
+
+
+def bernoulli_uniforms(d: int, seed: int) -> torch.Tensor:
+    """The seeded uniform draw behind ``random-bernoulli``: dim j is kept at fraction f when
+    its draw exceeds 1 − f."""
+    return torch.rand(d, generator=torch.Generator().manual_seed(seed))
+
+
+@register_width("random-bernoulli")
+def width_random_bernoulli(values, w, seed):
+    """MUD's code (``rand_mask``): each dimension kept independently with probability f (a
+    Bernoulli mask, so about f · d dims, not exactly), seeded and shared by all examples,
+    tokens and layers. The w kept dims are those whose draw exceeds 1 − f, i.e. the w largest
+    draws, in decreasing draw order: a prefix is the mask of any smaller fraction."""
+    return bernoulli_uniforms(values.size(-1), seed).topk(w).indices.to(values.device)
+
+
+SHARED_WIDTH = ("uniform", "random", "uniform-stride", "random-bernoulli")  # one dim list per cache
+
+
+def width_index(spec, values: torch.Tensor) -> torch.Tensor | None:
+    """The dims ``spec``'s width strategy keeps of ``values [..., d]`` (see each selector)."""
+    fn = WIDTH[spec.width]
+    w = spec.kept_width(values.size(-1))
+    if getattr(fn, "uses_fraction", False):
+        return fn(values, w, spec.seed, fraction=spec.width_fraction)
+    return fn(values, w, spec.seed)
+
+
 def select_dims(values: torch.Tensor, dim_index: torch.Tensor | None) -> torch.Tensor:
     """Take ``[..., d]`` at ``dim_index``: ``None`` (all), shared ``[w]`` or per-element
     ``[batch, pairs, tokens, w]``."""

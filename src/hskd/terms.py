@@ -51,6 +51,7 @@ class LossInputs:
         student: the student model (for terms that recompute from its layers).
         student_hidden_full: ``[batch, pairs, tokens, teacher_hidden]``, all dimensions (only
             when a term has ``full_width``).
+        layer_pairs: the plan's ``((student, teacher), ...)``.
     """
 
     logits: torch.Tensor
@@ -63,6 +64,7 @@ class LossInputs:
     student_outputs: Any = None
     student: nn.Module | None = None
     student_hidden_full: torch.Tensor | None = None
+    layer_pairs: tuple | None = None
 
 
 class LossTerm(nn.Module):
@@ -206,6 +208,33 @@ class AttentionKL(LossTerm):
         t_att = self.pick(x.knowledge.attentions)[..., : keys.size(1)]
         return losses.attention_kl(self.pick(x.student_attentions), t_att, self.pick(x.knowledge.token_mask), keys,
                                    average=self.opts["average"])
+
+
+@loss_term("attention_mse")
+class AttentionScoreMSE(LossTerm):
+    """TinyBERT Eq. 3: MSE of pre-softmax attention scores of the mapped layers (the recipe's
+    knowledge sets ``attentions`` and ``attention_scores``); the embedding pair is skipped.
+
+    Raises:
+        HskdError: student and teacher head counts differ (TinyBERT compares head by head).
+    """
+
+    needs = frozenset({"attentions"})
+
+    def __init__(self, context: TermContext, *args, **kwargs):
+        super().__init__(context, *args, **kwargs)
+        if context.student_heads and context.teacher_heads and context.student_heads != context.teacher_heads:
+            raise HskdError(f"attention_mse compares heads one by one: the student has {context.student_heads}, "
+                            f"the teacher {context.teacher_heads}; use a student with the teacher's head count")
+
+    def loss(self, x):
+        positions = [i for i, (s, _) in enumerate(x.layer_pairs or []) if s > 0]
+        if self.pairs is not None:
+            positions = [i for i in positions if i in self.pairs]
+        keys = x.attention_mask[:, : x.student_attentions.size(-1)]
+        t_att = x.knowledge.attentions[:, positions][..., : keys.size(1)]
+        return losses.attention_score_mse(x.student_attentions[:, positions], t_att,
+                                          x.knowledge.token_mask[:, positions], keys)
 
 
 class Objective:

@@ -65,17 +65,20 @@ class DistillationModel(nn.Module):
         """Returns ``(student output, loss or None, parts)``; the loss only when distilling."""
         objective = self.objective
         needs = objective.needs if objective is not None and knowledge is not None else frozenset()
+        scores = self.plan is not None and self.plan.spec.attention_scores  # recomputed from hidden states
         out = self.student(**model_inputs(inputs, self.student.dtype),
-                           output_hidden_states=bool(needs & {"hidden", "relations"}),
-                           output_attentions="attentions" in needs)
+                           output_hidden_states=bool(needs & {"hidden", "relations"}) or ("attentions" in needs and scores),
+                           output_attentions="attentions" in needs and not scores)
         if not needs:
             return out, None, {}
-        hidden, att = gather(self.plan, out, knowledge, self.projection)
+        hidden, att = gather(self.plan, out, knowledge, self.projection, student=self.student,
+                             attention_mask=inputs["attention_mask"])
         full = student_states_full(self.plan, out, knowledge, self.projection) \
             if objective.full_width and knowledge.hidden is not None else None
         x = LossInputs(logits=out.logits, labels=labels, example_ids=example_id, knowledge=knowledge,
                        student_hidden=hidden, student_attentions=att, attention_mask=inputs["attention_mask"],
-                       student_outputs=out, student=self.student, student_hidden_full=full)
+                       student_outputs=out, student=self.student, student_hidden_full=full,
+                       layer_pairs=self.plan.pairs)
         loss, parts = objective(x)
         return out, loss, parts
 
