@@ -6,7 +6,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 G=${GLUE_DIR:-$REPO/../shared/data/glue}
 export HF_HUB_OFFLINE=1
-H="hskd"
+H=${HSKD:-hskd}  # e.g. HSKD="python -m hskd.cli"
 step() {
   case "$1" in
     sst2-run)   $H run --task SST-2 --data-dir "$G" --num-train-epochs 1 --output-dir sst2 --quiet ;;
@@ -20,6 +20,21 @@ step() {
                   sst2/student | tee bench_inference_sst2.md
                 python "$REPO/bench/inference.py" --task MRPC --data-dir "$G" mrpc/teacher mrpc/student-finetune \
                   mrpc/student | tee bench_inference_mrpc.md ;;
+    mrpc12-teacher) $H finetune --task MRPC --data-dir "$G" --num-train-epochs 3 --output-dir mrpc12/teacher --quiet ;;
+    mrpc12-caches) # 1 layer x 10 tokens x every dim: hskd's ranking, and MUD's (att_ttop12, pre-softmax scores)
+                $H cache --task MRPC --data-dir "$G" --teacher mrpc12/teacher --knowledge 1l_10t --student-layers 3 \
+                  --output-dir mrpc12/cache --quiet | tee mrpc12-cache.txt
+                $H cache --task MRPC --data-dir "$G" --teacher mrpc12/teacher --knowledge 1l_10t --student-layers 3 \
+                  --rank-layer full-depth --rank-by scores --output-dir mrpc12/cache-mud --quiet | tee -a mrpc12-cache.txt ;;
+    mrpc12-seeds) # 3 seeds each, teacher-free, 1l_10t_0.1h, 3 + 3 epochs: hskd's defaults, then MUD's loss
+                # details and selectors (--preset mud) at the same schedule, then plain fine-tuning
+                $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache --recipe mud --knowledge 1l_10t_0.1h \
+                  --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/mud-hskd --quiet
+                $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-mud --preset mud --knowledge 1l_10t_0.1h \
+                  --hsk-epochs 3 --num-train-epochs 3 --student-learning-rate 1e-4 --hsk-learning-rate 1e-4 \
+                  --seeds 42,43,44 --output-dir mrpc12/mud-preset --quiet
+                $H finetune --task MRPC --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 3 \
+                  --seeds 42,43,44 --output-dir mrpc12/student-finetune --quiet ;;
     mrpc-mud)   # one cache with every layer and every token (ranked by [CLS] attention), then budgets by slicing
                 $H cache --task MRPC --data-dir "$G" --teacher mrpc/teacher --knowledge 4l_128t --student-layers 3 \
                   --output-dir mrpc-cache --quiet | tee mrpc-cache.txt
