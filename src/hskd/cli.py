@@ -1,4 +1,4 @@
-"""The ``hskd`` command line: finetune | cache | distill | evaluate | run | sweep | report | recipes.
+"""The ``hskd`` command line: finetune | cache | distill | evaluate | predict | run | sweep | report | recipes.
 
 Every flag can also come from ``--config FILE.yaml`` (same names, ``_`` or ``-``); flags win.
 User errors print one line, ``hskd: error: ...``, exit with status 2 and leave no half-written
@@ -21,6 +21,7 @@ COMMANDS = {
     "cache": "run the teacher once and store its selected knowledge",
     "distill": "build a student and distill it from a teacher or a cache",
     "evaluate": "print a model's dev metrics and inference throughput",
+    "predict": "write GLUE submission files (test or dev split), or predictions for a file of new texts",
     "run": "teacher, student-finetune and distilled student, evaluated and reported",
     "sweep": "the marginal-utility sweep: one cache, one student per HSK budget, results.csv and plots",
     "report": "put finished runs side by side in one markdown table",
@@ -46,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     for command, help_text in COMMANDS.items():
         p = sub.add_parser(command, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML file of options (flags override it)")
-        if command == "evaluate":
+        if command in ("evaluate", "predict"):
             p.add_argument("--model", required=True, help="a saved model directory")
+        if command == "predict":
+            p.add_argument("--split", default="test", choices=("test", "dev"), help="the GLUE split (default test)")
+            p.add_argument("--input", help="a CSV/TSV/JSONL file of new texts (with --text-columns)")
         if command == "sweep":
             p.add_argument("--depth", default="1,2,3,4", help="layers kept (top of the uniform map), e.g. 1,2,3")
             p.add_argument("--length", default="1,2,5,10,all", help="tokens kept, e.g. 1,2,5,10,all")
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--plugin", help="modules or .py files that register loss terms")
             continue
         for f in options(command):
-            if command == "evaluate" and f.name == "model":
+            if command in ("evaluate", "predict") and f.name == "model":
                 continue
             # both spellings, as in the Hugging Face example scripts: --output-dir and --output_dir
             flags = dict.fromkeys(["--" + f.name.replace("_", "-"), "--" + f.name])
@@ -102,9 +106,9 @@ def _settings(args: argparse.Namespace, rest: list[str]):
     from hskd.config import resolve
     from hskd.recipes import recipe_defaults
 
-    extra = ("command", "config", "depth", "length", "width", "full_grid", "runs", "output", "show")
+    extra = ("command", "config", "depth", "length", "width", "full_grid", "runs", "output", "show", "split", "input")
     flags = {k: v for k, v in vars(args).items() if k not in extra}
-    if args.command == "evaluate":
+    if args.command in ("evaluate", "predict"):
         flags.pop("model", None)
     if args.command == "sweep" and not flags.get("recipe") and not args.config:
         flags["recipe"] = "mud"
@@ -167,6 +171,10 @@ def _dispatch(args, s) -> int:
         _print_eval(rec.get("eval"))
     elif args.command == "evaluate":
         _print_eval(pipeline.evaluate(s, args.model))
+    elif args.command == "predict":
+        from hskd.predict import predict
+
+        predict(s, args.model, args.split, args.input)
     elif args.command == "cache":
         m = pipeline.make_cache(s)
         if m.get("megabytes") is not None:

@@ -19,7 +19,7 @@ import yaml
 from hskd.errors import HskdError
 from hskd.files import write_atomic
 
-DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep")
+DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep", "predict")
 TRAIN = ("finetune", "distill", "run", "sweep")
 DIST = ("cache", "distill", "run", "sweep")
 
@@ -125,7 +125,7 @@ class Settings:
                                              TRAIN, minimum=0)
     torch_compile: bool = opt(False, 'compile the student with torch.compile', TRAIN)
     # run control
-    output_dir: str | None = opt(None, 'where to write', ('finetune', 'cache', 'distill', 'run', 'sweep'))
+    output_dir: str | None = opt(None, 'where to write', ('finetune', 'cache', 'distill', 'run', 'sweep', 'predict'))
     overwrite: bool = opt(False, 'replace what --output-dir holds', ('finetune', 'cache', 'distill', 'run'))
     resume: bool = opt(False, 'continue the run in --output-dir from its last checkpoint', TRAIN)
     quiet: bool = opt(False, 'no progress bars', DATA)

@@ -1,0 +1,66 @@
+"""``hskd predict``: GLUE submission files (checked against the test files' rows and indices,
+on the real SST-2 and MRPC test sets), STS-B clipping, dev predictions, and a file of new texts."""
+
+import csv
+
+import pytest
+
+from tests.conftest import TINY, run_cli, write_glue
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["SST-2", "MRPC"])
+def test_a_submission_file_has_one_row_per_test_row_with_its_index(tmp_path, glue_dir, tiny_glue, tiny_backbone,
+                                                                   task):
+    model = tmp_path / "model"
+    assert run_cli("finetune", "--task", task, "--data-dir", tiny_glue, "--model", tiny_backbone,
+                   "--output-dir", model, *TINY) == 0
+    out = tmp_path / "submission"
+    assert run_cli("predict", "--task", task, "--data-dir", glue_dir, "--model", model, "--output-dir", out,
+                   "--quiet") == 0
+    test = _rows(glue_dir / task / "test.tsv")
+    got = _rows(out / f"{task}.tsv")
+    assert got[0] == ["index", "prediction"]
+    assert [r[0] for r in got[1:]] == [r[0] for r in test[1:]]  # every test row, in order, by its index
+    assert len(got) - 1 == {"SST-2": 1821, "MRPC": 1725}[task]
+    assert {r[1] for r in got[1:]} <= {"0", "1"}
+
+
+def test_sts_b_is_clipped_and_dev_and_new_texts_work(tmp_path, capsys, tiny_glue, tiny_backbone):
+    glue = tmp_path / "glue"
+    write_glue(glue, "STS-B")
+    (glue / "STS-B" / "test.tsv").write_text(
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\n"
+        + "".join(f"{i}\tg\tf\ty\t{i}\ts\ts\ta dog {i}\ta cat\n" for i in range(5)))
+    model = tmp_path / "stsb"
+    # a very high learning rate sends the untrained regression head far outside [0, 5]
+    assert run_cli("finetune", "--task", "STS-B", "--data-dir", glue, "--model", tiny_backbone,
+                   "--output-dir", model, "--learning-rate", "0.5", *TINY) == 0
+    assert run_cli("predict", "--task", "STS-B", "--data-dir", glue, "--model", model, "--output-dir",
+                   tmp_path / "p", "--quiet") == 0
+    scores = [float(r[1]) for r in _rows(tmp_path / "p" / "STS-B.tsv")[1:]]
+    assert len(scores) == 5 and all(0.0 <= v <= 5.0 for v in scores)
+
+    sst = tmp_path / "sst"
+    assert run_cli("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone,
+                   "--output-dir", sst, *TINY) == 0
+    assert run_cli("predict", "--task", "SST-2", "--data-dir", tiny_glue, "--model", sst, "--split", "dev",
+                   "--output-dir", tmp_path / "dev", "--quiet") == 0
+    assert len(_rows(tmp_path / "dev" / "SST-2.tsv")) == 1 + 8
+    new = tmp_path / "new.jsonl"
+    new.write_text('{"text": "a good film"}\n{"text": "a dull mess"}\n')
+    assert run_cli("predict", "--model", sst, "--input", new, "--text-columns", "text", "--output-dir",
+                   tmp_path / "new", "--quiet") == 0
+    rows = _rows(tmp_path / "new" / "predictions.tsv")
+    assert rows[0] == ["index", "prediction", "probability"] and [r[0] for r in rows[1:]] == ["0", "1"]
+    assert all(0.5 <= float(r[2]) <= 1.0 for r in rows[1:])
+    capsys.readouterr()
+    assert run_cli("predict", "--model", sst, "--input", new, "--text-columns", "sentence", "--output-dir",
+                   tmp_path / "bad") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no column 'sentence'" in err[0] and not (tmp_path / "bad").exists()
