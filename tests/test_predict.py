@@ -64,3 +64,39 @@ def test_sts_b_is_clipped_and_dev_and_new_texts_work(tmp_path, capsys, tiny_glue
                    tmp_path / "bad") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no column 'sentence'" in err[0] and not (tmp_path / "bad").exists()
+
+
+def test_every_exported_model_has_a_model_card_that_the_hub_library_parses(tmp_path, capsys, tiny_glue,
+                                                                            tiny_teacher, tiny_narrow):
+    import json
+
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "student"
+    assert run_cli("distill", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher,
+                   "--student-model", tiny_narrow, "--student-layers", "2", "--recipe", "tinybert", "--output-dir", out,
+                   *TINY) == 0
+    record = json.loads((out / "hskd.json").read_text())
+    card = ModelCard.load(out / "README.md")
+    result = card.data.eval_results[0]
+    assert (result.dataset_type, result.dataset_config, result.metric_type) == ("nyu-mll/glue", "sst2", "accuracy")
+    assert result.metric_value == round(record["eval"]["main_value"], 4)
+    assert card.data.pipeline_tag == "text-classification" and "tinybert" in card.data.tags
+    assert card.data.base_model is None  # a local backbone without a hub id is not claimed
+    text = card.text
+    assert "## Size and speed" in text and "| teacher |" in text and "TinyBERT" in text
+    assert f"{record['eval']['parameters']:,}" in text
+    # --push-to-hub offline: refused in one line before anything trains
+    capsys.readouterr()
+    assert run_cli("distill", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher,
+                   "--recipe", "kd", "--push-to-hub", "--hub-model-id", "me/student", "--output-dir",
+                   tmp_path / "push", *TINY) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HF_HUB_OFFLINE" in err[0] and not (tmp_path / "push").exists()
+
+
+def test_the_default_backbone_is_named_by_its_hub_id():
+    from hskd.model_card import DEFAULT_BACKBONE, base_model_id
+
+    assert base_model_id(None) == DEFAULT_BACKBONE
+    assert base_model_id("bert-base-uncased") == "bert-base-uncased"

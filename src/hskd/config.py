@@ -129,6 +129,9 @@ class Settings:
     overwrite: bool = opt(False, 'replace what --output-dir holds', ('finetune', 'cache', 'distill', 'run'))
     resume: bool = opt(False, 'continue the run in --output-dir from its last checkpoint', TRAIN)
     quiet: bool = opt(False, 'no progress bars', DATA)
+    push_to_hub: bool = opt(False, 'upload the model, tokenizer and model card to --hub-model-id when done',
+                            ('finetune', 'distill'))
+    hub_model_id: str | None = opt(None, 'the hub repository for --push-to-hub (USER/NAME)', ('finetune', 'distill'))
     # passed through to transformers.TrainingArguments (any of its fields)
     training_args: dict = field(default_factory=dict, metadata={"help": "TrainingArguments overrides",
                                                                 "commands": (), "minimum": None})

@@ -29,6 +29,7 @@ from hskd.job_inputs import (
     with_changes,
 )
 from hskd.locks import OutputLock
+from hskd.model_card import check_push, push_to_hub, write_model_card
 from hskd.recipes import load_recipe, recipe_spec, recipe_stages
 from hskd.runs import (
     export_model,
@@ -68,6 +69,7 @@ def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate
     """
     if not s.output_dir:
         raise HskdError("give --output-dir")
+    check_push(s.push_to_hub, s.hub_model_id)
     with OutputLock(s.output_dir) as lock:  # before the folder is read, written or deleted
         return _train_job(s, job, backbone, layers, learning_rate, reuse, hidden_size, lock)
 
@@ -174,7 +176,11 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
         save_atomic({k: v.contiguous() for k, v in wrapper.projection.state_dict().items()},
                     out / "projection.safetensors")
     record["eval"] = evaluate_model(out, data, s)
+    write_model_card(out, record, backbone, s.teacher if job == "distill" else None,
+                     task.hub_config if not s.train_file else None)
     write_record(out, record)
+    if s.push_to_hub:
+        print(f"pushed to {push_to_hub(out, s.hub_model_id)}")
     return record
 
 

@@ -23,6 +23,7 @@ from hskd.recipes import is_recipe_file, load_recipe
 
 RECORD = "hskd.json"
 RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache", "device", "seeds",
+               "push_to_hub", "hub_model_id",
                "dataloader_num_workers", "torch_compile", "plugin"}
 # Settings that change the result but came later: left out of the fingerprint at their default,
 # so that runs made before them are still recognised (reused, resumed).
