@@ -100,3 +100,26 @@ def test_the_default_backbone_is_named_by_its_hub_id():
 
     assert base_model_id(None) == DEFAULT_BACKBONE
     assert base_model_id("bert-base-uncased") == "bert-base-uncased"
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_pytorch_on_the_dev_set(tmp_path, capsys, tiny_glue, tiny_teacher):
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "onnx"
+    assert run_cli("export", "--model", tiny_teacher, "--onnx", out, "--task", "SST-2", "--data-dir", tiny_glue) == 0
+    check = json.loads((out / "onnx_check.json").read_text())
+    assert check["rows"] == 8 and check["max_abs_diff"] < 1e-4 and check["argmax_agreement"] == 1.0
+    # the folder runs on its own: tokenizer and ONNX model, any batch and length
+    tok = AutoTokenizer.from_pretrained(out)
+    enc = tok(["one", "a much longer sentence than the first one"], padding=True, return_tensors="np")
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    assert logits[0].shape == (2, 2)
+    capsys.readouterr()
+    assert run_cli("export", "--model", tiny_teacher, "--onnx", out) == 2  # not over a finished export
+    assert "is not empty" in capsys.readouterr().err

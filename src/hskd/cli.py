@@ -1,4 +1,5 @@
-"""The ``hskd`` command line: finetune | cache | distill | evaluate | predict | run | sweep | report | recipes.
+"""The ``hskd`` command line: finetune | cache | distill | evaluate | predict | export | run | sweep | report |
+recipes.
 
 Every flag can also come from ``--config FILE.yaml`` (same names, ``_`` or ``-``); flags win.
 User errors print one line, ``hskd: error: ...``, exit with status 2 and leave no half-written
@@ -21,6 +22,7 @@ COMMANDS = {
     "cache": "run the teacher once and store its selected knowledge",
     "distill": "build a student and distill it from a teacher or a cache",
     "evaluate": "print a model's dev metrics and inference throughput",
+    "export": "export a saved model to ONNX (--onnx DIR), its logits checked against PyTorch's on the dev set",
     "predict": "write GLUE submission files (test or dev split), or predictions for a file of new texts",
     "run": "teacher, student-finetune and distilled student, evaluated and reported",
     "sweep": "the marginal-utility sweep: one cache, one student per HSK budget, results.csv and plots",
@@ -47,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command, help_text in COMMANDS.items():
         p = sub.add_parser(command, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML file of options (flags override it)")
-        if command in ("evaluate", "predict"):
+        if command in ("evaluate", "predict", "export"):
             p.add_argument("--model", required=True, help="a saved model directory")
+        if command == "export":
+            p.add_argument("--onnx", required=True, help="the directory to write model.onnx, config and tokenizer to")
         if command == "predict":
             p.add_argument("--split", default="test", choices=("test", "dev"), help="the GLUE split (default test)")
             p.add_argument("--input", help="a CSV/TSV/JSONL file of new texts (with --text-columns)")
@@ -65,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--plugin", help="modules or .py files that register loss terms")
             continue
         for f in options(command):
-            if command in ("evaluate", "predict") and f.name == "model":
+            if command in ("evaluate", "predict", "export") and f.name == "model":
                 continue
             # both spellings, as in the Hugging Face example scripts: --output-dir and --output_dir
             flags = dict.fromkeys(["--" + f.name.replace("_", "-"), "--" + f.name])
@@ -106,9 +110,10 @@ def _settings(args: argparse.Namespace, rest: list[str]):
     from hskd.config import resolve
     from hskd.recipes import recipe_defaults
 
-    extra = ("command", "config", "depth", "length", "width", "full_grid", "runs", "output", "show", "split", "input")
+    extra = ("command", "config", "depth", "length", "width", "full_grid", "runs", "output", "show", "split", "input",
+             "onnx")
     flags = {k: v for k, v in vars(args).items() if k not in extra}
-    if args.command in ("evaluate", "predict"):
+    if args.command in ("evaluate", "predict", "export"):
         flags.pop("model", None)
     if args.command == "sweep" and not flags.get("recipe") and not args.config:
         flags["recipe"] = "mud"
@@ -171,6 +176,18 @@ def _dispatch(args, s) -> int:
         _print_eval(rec.get("eval"))
     elif args.command == "evaluate":
         _print_eval(pipeline.evaluate(s, args.model))
+    elif args.command == "export":
+        from hskd.onnx_export import export_onnx
+
+        texts, max_len = None, s.max_seq_length or 128
+        if s.task:  # check on the dev set
+            data = pipeline.load_data(s)
+            dev = next(iter(data.dev.values()))
+            texts = [dev["text_a"]] + ([dev["text_b"]] if "text_b" in dev.column_names else [])
+            max_len = pipeline.max_length(s, data)
+        check = export_onnx(args.model, args.onnx, texts, max_len, s.eval_batch_size)
+        print(f"{args.onnx}/model.onnx: logits within {check['max_abs_diff']:.1e} of PyTorch's on {check['rows']} "
+              f"rows (argmax agreement {check['argmax_agreement'] * 100:.2f} %)")
     elif args.command == "predict":
         from hskd.predict import predict
 

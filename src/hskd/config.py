@@ -19,7 +19,7 @@ import yaml
 from hskd.errors import HskdError
 from hskd.files import write_atomic
 
-DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep", "predict")
+DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep", "predict", "export")
 TRAIN = ("finetune", "distill", "run", "sweep")
 DIST = ("cache", "distill", "run", "sweep")
 
