@@ -26,7 +26,7 @@ def main() -> None:
 
     from hskd.config import Settings
     from hskd.data import Collator, tokenize
-    from hskd.models import count_parameters, load_tokenizer
+    from hskd.models import count_parameters, load_tokenizer, model_inputs
     from hskd.pipeline import load_data, max_length
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,7 +56,7 @@ def main() -> None:
             for rep in range(args.repeats + 1):
                 start = time.perf_counter()
                 for b in batches:
-                    model(**{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+                    model(**model_inputs({k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, model))
                 if rep:  # the first pass warms up
                     speeds.append(len(ds) / (time.perf_counter() - start))
         speed = statistics.median(speeds)
@@ -77,12 +77,13 @@ def _onnxruntime_speed(path: str, batches: list, repeats: int) -> float:
     import numpy as np
     import onnxruntime as ort
 
-    from hskd.onnx_export import INPUTS, export_onnx
+    from hskd.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(path, str(Path(tmp) / "onnx"))
         session = ort.InferenceSession(str(Path(tmp) / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-        feeds = [{k: b[k].numpy().astype(np.int64) for k in INPUTS} for b in batches]
+        names = [i.name for i in session.get_inputs()]
+        feeds = [{k: b[k].numpy().astype(np.int64) for k in names} for b in batches]
         rows = sum(len(f["input_ids"]) for f in feeds)
         speeds = []
         for rep in range(repeats + 1):

@@ -143,7 +143,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
             inputs = {k: _to_device(batch[k], device) for k in ("input_ids", "attention_mask", "token_type_ids")
                       if k in batch}
             with torch.inference_mode():
-                out = teacher(**model_inputs(inputs, teacher.dtype),
+                out = teacher(**model_inputs(inputs, teacher),
                               output_hidden_states=spec.hidden or spec.attention_scores, output_attentions=needs_att)
                 k = extract(plan, out, inputs, sep_token_id, teacher=teacher)
                 host = _to_host(_storage_tensors(k, spec))

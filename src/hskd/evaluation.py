@@ -45,7 +45,7 @@ def evaluate_model(model_dir: str | Path, data: TaskData, s: Settings) -> dict:
             synchronize(device)
             start = time.perf_counter()
             with torch.inference_mode(), autocast:
-                out = model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch})
+                out = model(**models.model_inputs({k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}, model))
                 batch_logits = out.logits.float().cpu()  # waits for the device: the timing is complete
             seconds += time.perf_counter() - start
             logits.append(batch_logits.numpy())

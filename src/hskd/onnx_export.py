@@ -20,20 +20,29 @@ from hskd import models
 from hskd.errors import HskdError
 from hskd.files import write_json
 from hskd.locks import OutputLock
+from hskd.models import model_inputs
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TOLERANCE = 1e-4  # max |logit difference| accepted, fp32
 
 
 class _Logits(torch.nn.Module):
-    """The classifier with positional inputs and its logits as the one output."""
+    """The classifier with positional inputs (``names``) and its logits as the one output."""
 
-    def __init__(self, model):
+    def __init__(self, model, names: list[str]):
         super().__init__()
-        self.model = model
+        self.model, self.names = model, names
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.model(**model_inputs({k: given[k] for k in self.names}, self.model)).logits
+
+
+def input_names(model) -> list[str]:
+    """The inputs the exported graph takes: those of ``INPUTS`` the model uses."""
+    probe = {k: torch.ones(1, 2, dtype=torch.long) for k in INPUTS}
+    used = model_inputs(probe, model)
+    return [k for k in INPUTS if k in used]
 
 
 def _require_onnx():
@@ -73,12 +82,13 @@ def export_onnx(model_dir: str, out_dir: str, texts: list[list[str]] | None = No
         try:
             sample = tok(texts[0][:2], texts[1][:2] if len(texts) > 1 else None, padding=True, truncation=True,
                          max_length=max_len, return_tensors="pt")
-            args = tuple(sample[k] if k in sample else torch.zeros_like(sample["input_ids"]) for k in INPUTS)
+            names = input_names(model)
+            args = tuple(sample[k] if k in sample else torch.zeros_like(sample["input_ids"]) for k in names)
             batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
             start = time.perf_counter()
-            torch.onnx.export(_Logits(model), args, str(work / "model.onnx"), input_names=list(INPUTS),
+            torch.onnx.export(_Logits(model, names), args, str(work / "model.onnx"), input_names=names,
                               output_names=["logits"], dynamo=True,
-                              dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS})
+                              dynamic_shapes={k: {0: batch, 1: seq} for k in names})
             export_seconds = time.perf_counter() - start
             check = _compare(model, tok, work / "model.onnx", texts, max_len, batch_size)
             check["export_seconds"] = export_seconds
@@ -100,16 +110,17 @@ def _compare(model, tok, onnx_file: Path, texts, max_len: int, batch_size: int) 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
     worst, agree, rows = 0.0, 0, 0
     start = time.perf_counter()
     for lo in range(0, len(texts[0]), batch_size):
         a = texts[0][lo:lo + batch_size]
         b = texts[1][lo:lo + batch_size] if len(texts) > 1 else None
         enc = tok(a, b, padding=True, truncation=True, max_length=max_len, return_tensors="np")
-        feed = {k: (enc[k] if k in enc else np.zeros_like(enc["input_ids"])).astype(np.int64) for k in INPUTS}
+        feed = {k: (enc[k] if k in enc else np.zeros_like(enc["input_ids"])).astype(np.int64) for k in names}
         got = session.run(None, feed)[0]
         with torch.inference_mode():
-            ref = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+            ref = model(**model_inputs({k: torch.from_numpy(v) for k, v in feed.items()}, model)).logits.numpy()
         worst = max(worst, float(np.abs(got - ref).max()))
         agree += int((got.argmax(-1) == ref.argmax(-1)).sum()) if ref.shape[1] > 1 else len(a)
         rows += len(a)

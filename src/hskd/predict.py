@@ -136,7 +136,8 @@ def predict_logits(model, tokenizer, texts: list[list[str]], max_len: int, batch
         enc = tokenizer(a, texts[1][lo:lo + batch_size] if pair else None, truncation=True, max_length=max_len)
         batch = collate([{k: enc[k][i] for k in enc} for i in range(len(a))])
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            logits = model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}).logits
+            logits = model(**models.model_inputs({k: batch[k].to(device) for k in MODEL_INPUTS if k in batch},
+                                                 model)).logits
         out.append(logits.float().cpu().numpy())
     return np.concatenate(out)
 

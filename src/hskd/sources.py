@@ -59,7 +59,7 @@ class OnlineTeacher:
             self.teacher.to(device)
         self.teacher.eval()  # dropout off, whatever the trainer did to other modules
         spec = self.plan.spec
-        out = self.teacher(**model_inputs(inputs, self.teacher.dtype),
+        out = self.teacher(**model_inputs(inputs, self.teacher),
                            output_hidden_states=spec.hidden or spec.relations or spec.attention_scores,
                            output_attentions=self.needs_attentions)
         return extract(self.plan, out, inputs, self.sep, teacher=self.teacher)

@@ -66,7 +66,7 @@ class DistillationModel(nn.Module):
         objective = self.objective
         needs = objective.needs if objective is not None and knowledge is not None else frozenset()
         scores = self.plan is not None and self.plan.spec.attention_scores  # recomputed from hidden states
-        out = self.student(**model_inputs(inputs, self.student.dtype),
+        out = self.student(**model_inputs(inputs, self.student),
                            output_hidden_states=bool(needs & {"hidden", "relations"}) or ("attentions" in needs and scores),
                            output_attentions="attentions" in needs and not scores)
         if not needs:
