@@ -134,3 +134,14 @@ def test_resume_continues_only_the_same_run(tmp_path, capsys, tiny_backbone, tin
     assert run_cli(*base) == 0
     assert run_cli(*base, "--learning-rate", "1e-3", "--resume") == 2
     assert "different run" in _error_line(capsys)
+
+
+def test_the_terminal_shows_one_line_for_the_new_head_and_what_was_written(tmp_path, capfd, tiny_glue, tiny_backbone):
+    out = tmp_path / "run"
+    assert run_cli("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone,
+                   "--output-dir", out, "--num-train-epochs", "1", "--batch-size", "8") == 0
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.err and "MISSING" not in captured.err
+    assert captured.err.count("new classification head (2 tensors") == 1
+    assert "tokenizing" not in captured.err and "Loading weights" not in captured.err
+    assert f"wrote {out}" in captured.out

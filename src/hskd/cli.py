@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     for command, help_text in COMMANDS.items():
         p = sub.add_parser(command, help=help_text, description=help_text)
         p.add_argument("--config", help="YAML file of options (flags override it)")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="also show transformers' and datasets' own messages and progress bars")
         if command in ("evaluate", "predict", "export"):
             p.add_argument("--model", required=True, help="a saved model directory")
         if command == "export":
@@ -110,8 +112,8 @@ def _settings(args: argparse.Namespace, rest: list[str]):
     from hskd.config import resolve
     from hskd.recipes import recipe_defaults
 
-    extra = ("command", "config", "depth", "length", "width", "full_grid", "runs", "output", "show", "split", "input",
-             "onnx")
+    extra = ("command", "config", "verbose", "depth", "length", "width", "full_grid", "runs", "output", "show", "split",
+             "input", "onnx")
     flags = {k: v for k, v in vars(args).items() if k not in extra}
     if args.command in ("evaluate", "predict", "export"):
         flags.pop("model", None)
@@ -141,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             plugin = load_yaml(args.config).get("plugin")
         load_plugins(plugin)
         settings = _settings(args, rest)
-        if settings.quiet:
-            _silence()
+        _terminal(settings.quiet, getattr(args, "verbose", False))
         from hskd.device import pin_process_to
 
         pin_process_to(settings.device)
@@ -152,13 +153,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _silence() -> None:
+def _terminal(quiet: bool, verbose: bool) -> None:
+    """What the terminal shows. By default: one progress bar per training stage (and one for
+    cache extraction), the metrics, and hskd's own one-line notes (the ``hskd`` logger);
+    transformers' load reports, weight-loading and tokenizing bars are off. ``--quiet``: no bars,
+    warnings only. ``-v``: everything transformers and datasets print, too. Configure the
+    ``hskd`` logger with :mod:`logging` like any other."""
+    import logging
+
     import datasets
     import transformers
 
-    datasets.disable_progress_bars()
+    logger = logging.getLogger("hskd")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("hskd: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    if verbose:
+        transformers.logging.set_verbosity_info()
+        transformers.logging.enable_progress_bar()
+        datasets.enable_progress_bars()
+        return
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def _dispatch(args, s) -> int:
@@ -171,9 +191,11 @@ def _dispatch(args, s) -> int:
     elif args.command == "finetune":
         rec = pipeline.finetune(s)
         _print_eval(rec.get("eval"))
+        _print_written(s.output_dir, rec)
     elif args.command == "distill":
         rec = pipeline.distill(s)
         _print_eval(rec.get("eval"))
+        _print_written(s.output_dir, rec)
     elif args.command == "evaluate":
         _print_eval(pipeline.evaluate(s, args.model))
     elif args.command == "export":
@@ -232,6 +254,12 @@ def _recipes(show: str | None) -> int:
 
     print(f"\nloss terms: {', '.join(LOSSES.names())}")
     return 0
+
+
+def _print_written(out: str, record: dict) -> None:
+    if record.get("eval") is not None:
+        print(f"wrote {out}: the model and tokenizer, README.md (model card), hskd.json (the record), "
+              "config.yaml (the settings), checkpoints/")
 
 
 def _print_eval(ev: dict | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -93,12 +94,20 @@ def load_classifier(name_or_path: str | None, task: TaskSpec | None, attentions:
     kwargs = _label_kwargs(task) if task is not None else {}  # None: keep the saved label set
     try:
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, attn_implementation="eager" if attentions else "sdpa", **kwargs)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, attn_implementation="eager" if attentions else "sdpa", output_loading_info=True, **kwargs)
         except ValueError as exc:  # a family without SDPA (DeBERTa): its own attention
             if "sdpa" not in str(exc).lower() and "scaled_dot_product" not in str(exc).lower():
                 raise
-            model = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager", **kwargs)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, attn_implementation="eager", output_loading_info=True, **kwargs)
+        missing = list(info.get("missing_keys") or [])
+        if missing:  # transformers' load report, in one line (expected for a backbone's new head)
+            head = all(k.startswith(("classifier", "pre_classifier", "score", "head")) for k in missing)
+            logging.getLogger("hskd").info(
+                f"{name_or_path or 'the default backbone'}: new classification head ({len(missing)} tensors, "
+                "randomly initialised), as fine-tuning expects" if head else
+                f"{name_or_path}: {len(missing)} weights were not in the checkpoint and are new: {missing[:4]}")
     except SafetensorError as exc:  # a truncated or overwritten weights file
         raise HskdError(f"the weights of {name_or_path!r} are truncated or corrupt ({str(exc)[:120]}); "
                         "save or download the model again") from None

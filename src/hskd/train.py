@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from hskd.checkpoints import AtomicCheckpoints, last_complete_checkpoint
 from hskd.data import MODEL_INPUTS
@@ -103,6 +104,9 @@ class DistillationTrainer(AtomicCheckpoints):
         # training batches read the cache in the DataLoader; evaluation batches never do
         self.train_collator = knowledge_source.collator(self.data_collator) if knowledge_source else self.data_collator
         self.cache_read_seconds = 0.0
+        if not self.args.disable_tqdm:  # one bar per stage: no nested bar for each evaluation
+            self.remove_callback(ProgressCallback)
+            self.add_callback(_StageProgress)
         self._parts: dict[str, torch.Tensor] = {}
         self._part_calls = 0
 
@@ -136,6 +140,13 @@ class DistillationTrainer(AtomicCheckpoints):
             self._parts, self._part_calls = {}, 0
         _refuse_non_finite(logs, self.state.global_step)
         super().log(logs, *args, **kwargs)
+
+
+class _StageProgress(ProgressCallback):
+    """The Trainer's progress bar without the nested one it opens for every evaluation."""
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        return
 
 
 def _refuse_non_finite(logs: dict, step: int) -> None:
