@@ -101,8 +101,13 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     if teacher is not None:
         models.check_labels(teacher, task, "teacher")
     student_tok = models.load_tokenizer(backbone)
-    if teacher is not None:
-        models.check_same_tokenizer(models.load_tokenizer(s.teacher), student_tok)
+    aligned = spec is not None and (spec.hidden or spec.attentions or spec.relations)  # token by token
+    teacher_tok = models.load_tokenizer(s.teacher) if teacher is not None else None
+    cross = teacher_tok is not None and not models.same_tokenizer(teacher_tok, student_tok)
+    if cross and aligned:
+        raise HskdError(f"recipe {s.recipe} distills token-aligned knowledge (hidden states or attentions), which "
+                        "needs the teacher's tokenizer, and the student tokenizes differently; use a soft-label "
+                        "recipe (kd) or a --student-model with the teacher's tokenizer")
     max_len = max_length(s, data)
     models.check_positions(models.load_config(backbone), max_len, "model")
     if teacher is not None:
@@ -111,7 +116,10 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
         # with --teacher too (and there), the cache must come from that teacher; a teacher that is
         # gone is not needed: the cache alone trains the student
         teacher_dir = str(Path(s.teacher).expanduser()) if s.teacher and Path(s.teacher).expanduser().is_dir() else None
-        reader = CacheReader(s.cache, expect=cache_fingerprint(task, data, student_tok, max_len, teacher_dir))
+        expect = cache_fingerprint(task, data, student_tok, max_len, teacher_dir)
+        if not aligned:  # soft labels are per example: the teacher may have tokenized them its own way
+            expect = {k: v for k, v in expect.items() if k not in ("tokenizer_sha256", "max_seq_length")}
+        reader = CacheReader(s.cache, expect=expect)
         cached_labels = reader.manifest["fingerprint"].get("teacher_labels")
         if cached_labels is not None and cached_labels != list(task.labels or []):
             raise HskdError(f"cache {s.cache} was extracted from a teacher with labels {cached_labels}, but "
@@ -143,8 +151,10 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     wrapper.add_terms([stage.objective for stage in stages])
     source = None
     if spec is not None:
+        teacher_data = tokenize(data.train, teacher_tok, max_len) if cross and not reader else None
         source = CachedKnowledge(reader, plan) if reader else OnlineTeacher(
-            teacher, plan, student_tok.sep_token_id, device=device, dtype=precision_dtype(s.bf16, s.fp16))
+            teacher, plan, student_tok.sep_token_id, device=device, dtype=precision_dtype(s.bf16, s.fp16),
+            teacher_data=teacher_data, teacher_collator=Collator(teacher_tok) if teacher_data is not None else None)
     collator = Collator(student_tok)
     stage_results = []
     for i, stage in enumerate(stages):

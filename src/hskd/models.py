@@ -202,6 +202,11 @@ def vocab_fingerprint(tokenizer) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def same_tokenizer(teacher_tok, student_tok) -> bool:
+    """Whether the same text gives the same ids under both (:func:`vocab_fingerprint`)."""
+    return vocab_fingerprint(teacher_tok) == vocab_fingerprint(student_tok)
+
+
 def check_same_tokenizer(teacher_tok, student_tok) -> None:
     """Raises HskdError when teacher and student tokenizers would give different ids."""
     if vocab_fingerprint(teacher_tok) != vocab_fingerprint(student_tok):

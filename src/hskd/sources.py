@@ -30,11 +30,17 @@ class OnlineTeacher:
 
     Args:
         device, dtype: where and in what dtype the teacher runs (``None``: where it is).
+        teacher_data, teacher_collator: for a teacher that tokenizes differently from the
+            student (soft labels only): the training set tokenized with the teacher's own
+            tokenizer, by ``example_id``, and its collator; each batch then carries the
+            teacher's inputs, collated in the DataLoader.
     """
 
     def __init__(self, teacher: nn.Module, plan: Plan, sep_token_id: int | None,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | None = None, dtype: torch.dtype | None = None,
+                 teacher_data=None, teacher_collator=None):
         self.teacher, self.plan, self.sep = teacher.eval(), plan, sep_token_id
+        self.teacher_data, self.teacher_collator = teacher_data, teacher_collator
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         if device is not None or dtype is not None:
@@ -46,11 +52,15 @@ class OnlineTeacher:
         prediction stage): no hidden states asked or selected."""
         if objective.needs - {"logits"}:
             return self
-        return OnlineTeacher(self.teacher, self.plan.logits_only(), self.sep)
+        return OnlineTeacher(self.teacher, self.plan.logits_only(), self.sep, teacher_data=self.teacher_data,
+                             teacher_collator=self.teacher_collator)
 
     def collator(self, base):
-        """Training batches need nothing more: the knowledge is made in the step."""
-        return base
+        """Training batches need nothing more (the knowledge is made in the step), except the
+        teacher's own inputs when it tokenizes differently."""
+        if self.teacher_data is None:
+            return base
+        return TeacherInputsCollator(base, self.teacher_data, self.teacher_collator)
 
     @torch.no_grad()
     def __call__(self, inputs: dict, batch_knowledge: dict | None = None) -> Knowledge:
@@ -59,10 +69,28 @@ class OnlineTeacher:
             self.teacher.to(device)
         self.teacher.eval()  # dropout off, whatever the trainer did to other modules
         spec = self.plan.spec
+        if batch_knowledge and "teacher_inputs" in batch_knowledge:  # its own tokenization (soft labels)
+            inputs = batch_knowledge["teacher_inputs"]
         out = self.teacher(**model_inputs(inputs, self.teacher),
                            output_hidden_states=spec.hidden or spec.relations or spec.attention_scores,
                            output_attentions=self.needs_attentions)
         return extract(self.plan, out, inputs, self.sep, teacher=self.teacher)
+
+
+class TeacherInputsCollator:
+    """Collates a training batch and adds the teacher's inputs for the same examples, from its
+    own tokenization: ``batch["knowledge"] = {"teacher_inputs": {input_ids, attention_mask,
+    token_type_ids}}`` (padded for the teacher)."""
+
+    def __init__(self, base, teacher_data, teacher_collator):
+        self.base, self.data, self.collate = base, teacher_data, teacher_collator
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.base(features)
+        rows = self.collate([self.data[int(f["example_id"])] for f in features])
+        batch["knowledge"] = {"teacher_inputs": {k: rows[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+                                                 if k in rows}}
+        return batch
 
 
 class CacheCollator:
