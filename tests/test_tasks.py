@@ -119,3 +119,30 @@ def test_metrics_match_definitions():
     # by hand: dx = (-1, 0, 1), dy = (-13/6, -1/6, 7/3); r = 4.5 / (sqrt(2) * sqrt(61/6))
     assert stsb["pearson"] == pytest.approx(4.5 / (2 ** 0.5 * (61 / 6) ** 0.5))
     assert stsb["spearman"] == pytest.approx(1.0)
+
+
+def test_any_dataset_that_datasets_reads(tmp_path, capsys, tiny_backbone):
+    import json
+
+    import datasets
+
+    from tests.conftest import TINY, run_cli
+
+    features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                  "gold": datasets.ClassLabel(names=["yes", "no"])})
+    rows = {"premise": [f"the cat sat {i}" for i in range(12)], "hypothesis": ["a cat", "dogs bark"] * 6,
+            "gold": [0, 1] * 6}
+    folder = tmp_path / "pairs"
+    datasets.DatasetDict({"fit": datasets.Dataset.from_dict(rows, features=features),
+                          "check": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(folder)
+    common = ("--task", "pairs", "--dataset", folder, "--text-column", "premise", "--text-pair-column", "hypothesis",
+              "--label-column", "gold", "--train-split", "fit", "--model", tiny_backbone, *TINY)
+    assert run_cli("finetune", *common, "--validation-split", "check", "--output-dir", tmp_path / "run") == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["id2label"] == {"0": "yes", "1": "no"}  # the ClassLabel names, in their order
+    record = json.loads((tmp_path / "run" / "hskd.json").read_text())
+    assert set(record["eval"]["dev"]["dev"]) == {"accuracy", "f1_macro"}
+    capsys.readouterr()
+    assert run_cli("finetune", *common, "--output-dir", tmp_path / "bad") == 2  # no split "validation"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no split 'validation' (it has fit, check)" in err[0]

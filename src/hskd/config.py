@@ -43,7 +43,14 @@ class Settings:
     data_dir: str | None = opt(None, 'glue_data directory (default: $GLUE_DIR, then the hub)', DATA)
     train_file: str | None = opt(None, 'custom training data: .csv, .tsv or .jsonl', DATA)
     validation_file: str | None = opt(None, 'custom dev data', DATA)
+    dataset: str | None = opt(None, 'custom data from datasets: a hub name (offline: the local cache) or a folder '
+                                    'saved with save_to_disk', DATA)
+    dataset_config: str | None = opt(None, "--dataset's configuration name", DATA)
+    train_split: str = opt("train", "--dataset's training split (default train)", DATA)
+    validation_split: str = opt("validation", "--dataset's dev split (default validation)", DATA)
     text_columns: str | None = opt(None, "custom data: one or two text columns, e.g. 'q1,q2'", DATA)
+    text_column: str | None = opt(None, 'custom data: the text column (or --text-columns)', DATA)
+    text_pair_column: str | None = opt(None, "custom data: the second text column of sentence pairs", DATA)
     label_column: str | None = opt(None, 'custom data: the label column', DATA)
     labels: str | None = opt(None, 'custom data: label names in id order (default: sorted training labels)', DATA)
     task_type: str = opt("classification", 'custom data: classification or regression',

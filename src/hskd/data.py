@@ -6,7 +6,7 @@ from __future__ import annotations
 from transformers import DataCollatorWithPadding
 
 from hskd.errors import HskdError
-from hskd.tasks import TaskData, custom_task, get_task, load_custom, load_glue
+from hskd.tasks import TaskData, custom_task, get_task, load_custom, load_glue, load_hf_dataset
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -47,18 +47,24 @@ def load_data(s, labels_from_model=None) -> TaskData:
 
     ``labels_from_model``: a teacher whose saved label order custom data must follow.
     """
-    if s.train_file:
+    text_columns = s.text_columns or ",".join(c for c in (s.text_column, s.text_pair_column) if c) or None
+    if s.train_file or s.dataset:
         if not s.task:
             raise HskdError("give --task NAME for custom data (any name)")
-        if not s.text_columns or not s.label_column:
-            raise HskdError("custom data needs --text-columns a[,b] and --label-column y")
+        if not text_columns or not s.label_column:
+            raise HskdError("custom data needs --text-columns a[,b] (or --text-column, --text-pair-column) and "
+                            "--label-column y")
         labels = s.labels.split(",") if s.labels else None
         if labels is None and labels_from_model is not None and s.task_type != "regression":
             cfg = labels_from_model.config
             labels = [cfg.id2label[i] for i in range(cfg.num_labels)]
-        task = custom_task(s.task, s.text_columns.split(","), s.label_column, labels,
+        task = custom_task(s.task, text_columns.split(","), s.label_column, labels,
                            s.task_type == "regression")
-        data = load_custom(task, s.train_file, s.validation_file, s.max_train_samples)
+        if s.dataset:
+            data = load_hf_dataset(task, s.dataset, s.dataset_config, s.train_split, s.validation_split,
+                                   s.max_train_samples)
+        else:
+            data = load_custom(task, s.train_file, s.validation_file, s.max_train_samples)
     else:
         if not s.task:
             raise HskdError("give --task (a GLUE task such as SST-2, or a name for custom data)")

@@ -65,6 +65,6 @@ def evaluate(s: Settings, model_dir: str) -> dict:
     path = Path(model_dir).expanduser()
     if not path.is_dir():
         raise HskdError(f"model directory not found: {path}")
-    probe = models.load_classifier(str(path), None) if s.train_file else None
+    probe = models.load_classifier(str(path), None) if s.train_file or s.dataset else None
     data = load_data(s, labels_from_model=probe)
     return evaluate_model(path, data, s)

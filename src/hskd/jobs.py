@@ -187,7 +187,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
                     out / "projection.safetensors")
     record["eval"] = evaluate_model(out, data, s)
     write_model_card(out, record, backbone, s.teacher if job == "distill" else None,
-                     task.hub_config if not s.train_file else None)
+                     task.hub_config if not (s.train_file or s.dataset) else None)
     write_record(out, record)
     if s.push_to_hub:
         print(f"pushed to {push_to_hub(out, s.hub_model_id)}")

@@ -354,6 +354,59 @@ def load_custom(task: TaskSpec, train_file: str, validation_file: str | None,
     return TaskData(task, splits["train"], {"dev": splits["dev"]}, sources)
 
 
+def load_hf_dataset(task: TaskSpec, source: str, config: str | None, train_split: str, dev_split: str,
+                    max_train_samples: int | None = None) -> TaskData:
+    """Load a task from anything ``datasets`` reads: a hub name (offline: from the local cache)
+    or a folder written by ``save_to_disk``, with the splits and columns named by the user.
+    Class labels take the dataset's ``ClassLabel`` names (in their order) when it has them.
+
+    Raises:
+        HskdError: the dataset cannot be loaded, or a split or column is missing.
+    """
+    import datasets
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(source, config)
+    except Exception as exc:  # noqa: BLE001 - hub, cache and format errors all mean the same to a user
+        raise HskdError(f"could not load dataset {source!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                        "give a folder saved with save_to_disk, or a dataset name in the local cache") from None
+    if not isinstance(ds, datasets.DatasetDict):
+        raise HskdError(f"{source} is a single split; save a DatasetDict with {train_split!r} and {dev_split!r}")
+    for split, flag in ((train_split, "--train-split"), (dev_split, "--validation-split")):
+        if split not in ds:
+            raise HskdError(f"{source} has no split {split!r} (it has {', '.join(ds)}); fix {flag}")
+    columns = [*task.text_columns, task.label_column]
+    raw = {}
+    for split, name in (("train", train_split), ("dev", dev_split)):
+        part = ds[name]
+        for c in columns:
+            if c not in part.column_names:
+                raise HskdError(f"{source}/{name}: no column {c!r} (it has {', '.join(part.column_names)}); "
+                                "fix --text-columns/--label-column")
+        if split == "train" and max_train_samples:
+            part = part.select(range(min(max_train_samples, len(part))))
+        feature = part.features[task.label_column]
+        labels = part[task.label_column]
+        if isinstance(feature, datasets.ClassLabel):
+            labels = [feature.names[y] if y is not None and y >= 0 else None for y in labels]
+        raw[split] = (part, labels, feature)
+    if not task.is_regression and not task.labels:
+        feature = raw["train"][2]
+        names = feature.names if isinstance(feature, datasets.ClassLabel) else sorted({str(y) for y in raw["train"][1]})
+        task = TaskSpec(**{**task.__dict__, "labels": tuple(names)})
+    splits, sources = {}, {}
+    for split, (part, labels, _) in raw.items():
+        texts = [["" if v is None else str(v) for v in part[c]] for c in task.text_columns]
+        splits[split] = _to_dataset(task, texts, [y if task.is_regression else str(y) for y in labels],
+                                    f"{source}/{split}")
+        sources[split] = {"dataset": source, "split": part.split and str(part.split), "sha256": part._fingerprint}
+    return TaskData(task, splits["train"], {"dev": splits["dev"]}, sources)
+
+
 def compute_metrics(task: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The task's official dev metrics.
 
