@@ -53,7 +53,7 @@ def test_a_family_finetunes_distills_and_caches(tmp_path, tiny_glue, backbone):
     teacher = tmp_path / "teacher"
     assert run_cli("finetune", *task, "--model", path, "--output-dir", teacher, *TINY) == 0
     assert json.loads((teacher / "config.json").read_text())["model_type"] == kind
-    for recipe in ("tinybert",):  # hidden states through the layer map (soft labels: the mud run below)
+    for recipe in ("kd", "tinybert"):  # soft labels; hidden states through the layer map
         out = tmp_path / recipe
         assert run_cli("distill", *task, "--teacher", teacher, "--student-model", path, "--student-layers", "2",
                        "--recipe", recipe, "--output-dir", out, *TINY) == 0

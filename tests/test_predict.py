@@ -123,3 +123,21 @@ def test_onnx_export_matches_pytorch_on_the_dev_set(tmp_path, capsys, tiny_glue,
     capsys.readouterr()
     assert run_cli("export", "--model", tiny_teacher, "--onnx", out) == 2  # not over a finished export
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_mnli_gives_matched_and_mismatched_files_with_label_names(tmp_path, tiny_backbone):
+    glue = tmp_path / "glue"
+    write_glue(glue, "MNLI")
+    header = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t" \
+             "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\n"
+    for name, n in (("test_matched.tsv", 3), ("test_mismatched.tsv", 4)):
+        (glue / "MNLI" / name).write_text(header + "".join(
+            f"{i}\t1\t1\tg\tb\tb\tp\tp\tA man {i} .\tA person .\n" for i in range(n)))
+    model = tmp_path / "mnli"
+    assert run_cli("finetune", "--task", "MNLI", "--data-dir", glue, "--model", tiny_backbone, "--output-dir", model,
+                   *TINY) == 0
+    assert run_cli("predict", "--task", "MNLI", "--data-dir", glue, "--model", model, "--output-dir",
+                   tmp_path / "p", "--quiet") == 0
+    for name, n in (("MNLI-m", 3), ("MNLI-mm", 4)):
+        rows = _rows(tmp_path / "p" / f"{name}.tsv")
+        assert len(rows) == 1 + n and {r[1] for r in rows[1:]} <= {"entailment", "neutral", "contradiction"}
