@@ -117,7 +117,7 @@ def test_kills_at_random_points_resume_to_the_uninterrupted_result(tmp_path, tin
     whole_cache = {f.name: f.read_bytes() for f in sorted((tmp_path / "whole-cache").glob("*.npy"))}
 
     killed = []
-    for k in _kill_points(n_distill, 12, seed=1):
+    for k in _kill_points(n_distill, 10, seed=1):
         out = tmp_path / f"distill-killed-at-{k}"
         code, _ = _run([*distill, "--output-dir", out], kill_at=k, tmp=tmp_path)
         assert code == -signal.SIGKILL, f"write {k} of {n_distill} was not reached"
@@ -138,7 +138,6 @@ def test_kills_at_random_points_resume_to_the_uninterrupted_result(tmp_path, tin
         assert {f.name: f.read_bytes() for f in sorted(out.glob("*.npy"))} == whole_cache, f"killed at write {k}"
         assert not out.with_name(out.name + ".partial").exists()
         killed.append(k)
-    print(f"kill points: distill {killed[:-10]} of {n_distill} writes, cache {killed[-10:]} of {n_cache}")
     assert len(killed) >= 20, (n_distill, n_cache)
 
 

@@ -165,11 +165,15 @@ def _terminal(quiet: bool, verbose: bool) -> None:
     import transformers
 
     logger = logging.getLogger("hskd")
-    if not logger.handlers:
+    ours = [h for h in logger.handlers if getattr(h, "hskd_terminal", False)]
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
+        handler.hskd_terminal = True
         handler.setFormatter(logging.Formatter("hskd: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
+        ours = [handler]
+    ours[0].stream = sys.stderr  # this call's stderr (another main() in this process may have had another)
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     if verbose:
         transformers.logging.set_verbosity_info()
