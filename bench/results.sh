@@ -27,13 +27,13 @@ step() {
                 $H cache --task MRPC --data-dir "$G" --teacher mrpc12/teacher --knowledge 1l_10t --student-layers 3 \
                   --rank-layer full-depth --rank-by scores --output-dir mrpc12/cache-mud --quiet | tee -a mrpc12-cache.txt ;;
     mrpc12-seeds) # 3 seeds each, teacher-free, 1l_10t_0.1h, 3 + 3 epochs: hskd's defaults, then MUD's loss
-                # details and selectors (--preset mud) at the same schedule, then plain fine-tuning
+                # details and selectors (--preset mud) at the same schedule (lr, epochs, one evaluation an epoch)
                 $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache --recipe mud --knowledge 1l_10t_0.1h \
                   --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/mud-hskd --quiet
                 $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-mud --preset mud --knowledge 1l_10t_0.1h \
                   --hsk-epochs 3 --num-train-epochs 3 --student-learning-rate 1e-4 --hsk-learning-rate 1e-4 \
-                  --seeds 42,43,44 --output-dir mrpc12/mud-preset --quiet
-                $H finetune --task MRPC --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 3 \
+                  --save-steps 115 --seeds 42,43,44 --output-dir mrpc12/mud-preset --quiet ;;
+    mrpc12-finetune) $H finetune --task MRPC --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir mrpc12/student-finetune --quiet ;;
     mrpc-mud)   # one cache with every layer and every token (ranked by [CLS] attention), then budgets by slicing
                 $H cache --task MRPC --data-dir "$G" --teacher mrpc/teacher --knowledge 4l_128t --student-layers 3 \
