@@ -278,6 +278,20 @@ def needs_eager_attention(spec, config) -> bool:
     return spec.attentions or (spec.length.startswith("attention") and not supports_cls_attention(config))
 
 
+def _layer_scores(att, x: torch.Tensor, cls_only: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Pre-softmax scores ``Q·Kᵀ/√d_head`` of BERT-style self-attention ``att`` on its input
+    ``x [batch, seq, hidden]``: ``[batch, heads, rows, seq]``, rows = 1 ([CLS]) or seq; Q and K
+    in ``dtype`` (default: the model's)."""
+    b, seq, _ = x.shape
+    heads, size = att.num_attention_heads, att.attention_head_size
+    rows = x[:, :1] if cls_only else x
+    q = att.query(rows).view(b, rows.size(1), heads, size).transpose(1, 2)
+    k = att.key(x).view(b, seq, heads, size).transpose(1, 2)
+    if dtype is not None:
+        q, k = q.to(dtype), k.to(dtype)
+    return (q @ k.transpose(-1, -2)) * att.scaling
+
+
 def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: list[int],
                   scores: bool = False) -> torch.Tensor | None:
     """The [CLS] query's attention over keys, averaged over heads, recomputed from each layer's
@@ -299,13 +313,7 @@ def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: li
     keep = attention_mask.bool()[:, None, :]
     rows = []
     for j in layers:
-        att = blocks[j].attention.self
-        x = hidden_states[j]
-        b, seq, _ = x.shape
-        heads, size = att.num_attention_heads, att.attention_head_size
-        q = att.query(x[:, :1]).view(b, 1, heads, size).transpose(1, 2)  # [b, h, 1, d]
-        k = att.key(x).view(b, seq, heads, size).transpose(1, 2)  # [b, h, seq, d]
-        raw = (q @ k.transpose(-1, -2)).squeeze(2) * att.scaling  # [b, h, seq]
+        raw = _layer_scores(blocks[j].attention.self, hidden_states[j], cls_only=True).squeeze(2)  # [b, h, seq]
         if scores:
             rows.append(raw.float().mean(1).masked_fill(~keep[:, 0], torch.finfo(torch.float32).min))
             continue
@@ -336,13 +344,7 @@ def attention_scores(model, hidden_states, attention_mask: torch.Tensor, layers:
     keep = attention_mask.bool()[:, None, None, :]
     out = []
     for j in layers:
-        att = blocks[j].attention.self
-        x = hidden_states[j]
-        b, seq, _ = x.shape
-        heads, size = att.num_attention_heads, att.attention_head_size
-        q = att.query(x).view(b, seq, heads, size).transpose(1, 2).float()
-        k = att.key(x).view(b, seq, heads, size).transpose(1, 2).float()
-        scores = (q @ k.transpose(-1, -2)) / size ** 0.5  # [b, h, seq, seq]
+        scores = _layer_scores(blocks[j].attention.self, hidden_states[j], dtype=torch.float32)  # [b, h, seq, seq]
         out.append(scores.masked_fill(~keep, 0.0))
     return torch.stack(out, 1)
 
