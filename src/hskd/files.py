@@ -10,10 +10,15 @@ from pathlib import Path
 from hskd.errors import HskdError
 
 
+def _temporary(path: Path) -> Path:
+    """The temporary name a file is written under before its rename (same folder, this process)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary(path)
     if isinstance(content, bytes):
         tmp.write_bytes(content)
     else:
@@ -45,6 +50,6 @@ def save_atomic(tensors: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary(path)
     save_file(tensors, tmp)
     os.replace(tmp, path)
