@@ -3,12 +3,16 @@
 Layout of a cache directory::
 
     manifest.json     fingerprint, spec, layer pairs, shapes, dtypes, sha256 of every array
+    README.md         what the cache holds, in words (teacher, task, budget, storage, bytes, command)
     logits.npy        [rows, num_labels] float32
-    hidden.npy        [rows, pairs, tokens, width] float16   (if the spec has hidden states)
-    token_index.npy   [rows, pairs, tokens] int16, -1 where a slot is unfilled (padding)
-    dim_index.npy     [rows, pairs, tokens, width] int16     (magnitude width only)
-    dims.npy          [width] int64                          (uniform / random width)
+    hidden.npy        [rows, pairs, tokens, width] in the --storage (fp16 default; see hskd.storage)
+    hidden_scale.npy  [rows, pairs, tokens] or [rows, pairs, width] fp16 (int8 storages only)
+    token_index.npy   [rows, pairs, tokens], -1 where a slot is unfilled (padding)
+    dim_index.npy     [rows, pairs, tokens, width]           (magnitude width only)
+    dims.npy          [width], once per cache                (uniform / random width)
     attentions.npy    [rows, pairs, heads, tokens, max_seq_length] float16 (if asked)
+
+Indices use the smallest signed integer type that holds them (int8 up to 128 tokens).
 
 Writes go to ``DIR.partial`` and are renamed to ``DIR`` once complete and checksummed; an
 interrupted write resumes from the last flushed chunk, counted in rows (any batch size
@@ -32,13 +36,15 @@ from numpy.lib.format import open_memmap
 from hskd.cache_reader import CacheReader, partial_dir  # noqa: F401 - re-exported: the cache's reader
 from hskd.device import is_main_process
 from hskd.errors import HskdError
-from hskd.files import read_json, write_json
+from hskd.cache_card import readme_text
+from hskd.files import read_json, write_atomic, write_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention
 from hskd.selectors import SHARED_WIDTH, width_index
+from hskd.storage import array_dtype, encode, index_dtype, scale_shape
 from hskd.tasks import sha256_file
 
-FORMAT = 1
+FORMAT = 2  # 2: --storage, smallest index types, README.md
 
 
 def _dist() -> tuple[int, int]:
@@ -56,7 +62,8 @@ def barrier() -> None:
 def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
                 fingerprint: dict, sep_token_id: int | None, max_seq_length: int,
                 batch_size: int = 64, flush_every: int = 16, stop_after_batches: int | None = None,
-                progress: bool = True, environment: dict | None = None) -> dict:
+                progress: bool = True, environment: dict | None = None, storage: str = "fp16",
+                command: str | None = None) -> dict:
     """Run the teacher once over ``dataset`` (tokenized, with ``example_id`` = row number) and
     store its selected knowledge. Resumes a ``DIR.partial`` left by an interrupted write.
 
@@ -69,6 +76,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
         stop_after_batches: stop (raise ``KeyboardInterrupt``) after this many batches, to test
             resumption.
         environment: device, precision and versions, recorded in the manifest.
+        storage: how the hidden values are stored (:mod:`hskd.storage`).
+        command: the command line, recorded in the cache's README.md.
 
     Returns: the manifest.
 
@@ -90,16 +99,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
     d, heads, labels = config.hidden_size, config.num_attention_heads, config.num_labels
     tokens = plan.tokens(max_seq_length)
     width = plan.width(d) if spec.hidden else 0
-    shapes = {"logits": ((rows, labels), "float32")}
-    if spec.hidden or spec.attentions:
-        shapes["token_index"] = ((rows, len(pairs), tokens), "int16")
-    if spec.hidden:
-        shapes["hidden"] = ((rows, len(pairs), tokens, width), "float16")
-        if spec.width == "magnitude":
-            shapes["dim_index"] = ((rows, len(pairs), tokens, width), "int16")
-    if spec.attentions:
-        shapes["attentions"] = ((rows, len(pairs), heads, tokens, max_seq_length), "float16")
-    header = {"format": FORMAT, "fingerprint": fingerprint, "spec": spec.to_dict(),
+    shapes = array_shapes(spec, len(pairs), rows, labels, tokens, width, d, heads, max_seq_length, storage)
+    header = {"format": FORMAT, "storage": storage, "fingerprint": fingerprint, "spec": spec.to_dict(),
               "pairs": [list(p) for p in pairs], "rows": rows, "teacher_hidden": d,
               "teacher_heads": heads, "teacher_layers": config.num_hidden_layers,
               "num_labels": labels, "max_seq_length": max_seq_length, "batch_size": batch_size,
@@ -115,7 +116,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
         else:
             _allocate(work, shapes)
             if spec.hidden and spec.width in SHARED_WIDTH:  # shared dims, known up front
-                np.save(work / "dims.npy", width_index(spec, torch.empty(d)).numpy().astype(np.int64))
+                np.save(work / "dims.npy", width_index(spec, torch.empty(d)).numpy().astype(index_dtype(d - 1)))
             write_json(plan_file, header)
     barrier()
     # progress is counted in rows, so a resume may use any batch size; the first write's batch
@@ -135,7 +136,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="caching", initial=done, total=end_row - first_row, unit="ex")
-    writer = _Writer(arrays, progress_file, flush_every, first_row, end_row)
+    writer = _Writer(arrays, progress_file, flush_every, first_row, end_row, row_scale=storage == "int8")
     try:
         for step, lo in enumerate(range(first_row + done, end_row, batch_size), start=1):
             hi = min(end_row, lo + batch_size)
@@ -146,7 +147,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
                 out = teacher(**model_inputs(inputs, teacher),
                               output_hidden_states=spec.hidden or spec.attention_scores, output_attentions=needs_att)
                 k = extract(plan, out, inputs, sep_token_id, teacher=teacher)
-                host = _to_host(_storage_tensors(k, spec))
+                host = _to_host(_storage_tensors(k, spec, storage, shapes))
             writer.put(step, lo, hi, host)  # the copy and the write overlap the next batch
             seen += hi - lo
             if bar is not None:
@@ -166,7 +167,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
     manifest = dict(header)
     if is_main_process():
         timing = {"extract_seconds": seconds, "extract_examples_per_second": seen / seconds if seconds else None}
-        manifest = _finalise(work, out_dir, header, dataset, {**timing, "environment": environment})
+        manifest = _finalise(work, out_dir, header, dataset, {**timing, "environment": environment,
+                                                              "command": command})
     barrier()
     return manifest
 
@@ -177,17 +179,37 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def _storage_tensors(k: Knowledge, spec: KnowledgeSpec) -> dict[str, torch.Tensor]:
+def array_shapes(spec: KnowledgeSpec, pairs: int, rows: int, labels: int, tokens: int, width: int,
+                 hidden_size: int, heads: int, max_seq_length: int, storage: str = "fp16") -> dict:
+    """The cache's arrays: ``{name: (shape, numpy dtype name)}`` (``dims.npy``, a few bytes, is
+    not counted). The planner (:mod:`hskd.planner`) and the writer both use this."""
+    shapes = {"logits": ((rows, labels), "float32")}
+    if spec.hidden or spec.attentions:
+        shapes["token_index"] = ((rows, pairs, tokens), index_dtype(max_seq_length - 1))
+    if spec.hidden:
+        shapes["hidden"] = ((rows, pairs, tokens, width), array_dtype(storage))
+        scale = scale_shape(storage, (rows, pairs, tokens, width))
+        if scale is not None:
+            shapes["hidden_scale"] = (scale, "float16")
+        if spec.width == "magnitude":
+            shapes["dim_index"] = ((rows, pairs, tokens, width), index_dtype(hidden_size - 1))
+    if spec.attentions:
+        shapes["attentions"] = ((rows, pairs, heads, tokens, max_seq_length), "float16")
+    return shapes
+
+
+def _storage_tensors(k: Knowledge, spec: KnowledgeSpec, storage: str, shapes: dict) -> dict[str, torch.Tensor]:
     """A batch's knowledge in the cache's dtypes, still on the device (so that only the
-    compact form crosses to the host): logits fp32, token indices int16 with -1 in unfilled
-    slots, hidden values and attentions fp16 with zeros there."""
+    compact form crosses to the host): logits fp32, token indices with -1 in unfilled slots,
+    hidden values encoded in ``storage`` with zeros there, attentions fp16."""
     out = {"logits": k.logits.float()}
     if k.token_index is not None:
-        out["token_index"] = torch.where(k.token_mask, k.token_index, torch.full_like(k.token_index, -1)).to(torch.int16)
+        kind = getattr(torch, shapes["token_index"][1])
+        out["token_index"] = torch.where(k.token_mask, k.token_index, torch.full_like(k.token_index, -1)).to(kind)
     if k.hidden is not None:
-        out["hidden"] = k.hidden.to(torch.float16)
+        out.update(encode(k.hidden, storage))
         if spec.width == "magnitude":
-            out["dim_index"] = k.dim_index.to(torch.int16)
+            out["dim_index"] = k.dim_index.to(getattr(torch, shapes["dim_index"][1]))
     if k.attentions is not None:
         out["attentions"] = k.attentions.to(torch.float16)
     return out
@@ -254,12 +276,14 @@ class _Writer:
     at the last one, in batch order, exactly as a synchronous write would. A failure in the
     thread is raised in the caller at its next ``put`` or at ``close``."""
 
-    def __init__(self, arrays: dict, progress_file: Path, flush_every: int, first_row: int, end_row: int):
+    def __init__(self, arrays: dict, progress_file: Path, flush_every: int, first_row: int, end_row: int,
+                 row_scale: bool = False):
         import queue
         import threading
 
         self.arrays, self.progress_file = arrays, progress_file
         self.flush_every, self.first_row, self.end_row = flush_every, first_row, end_row
+        self.row_scale = row_scale
         self.queue: queue.Queue = queue.Queue(maxsize=4)  # bounds the pinned memory in flight
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="hskd-cache-writer", daemon=True)
@@ -302,6 +326,12 @@ class _Writer:
             arrays["hidden"][lo:hi, :, :n] = t["hidden"]
             if "dim_index" in t:
                 arrays["dim_index"][lo:hi, :, :n] = t["dim_index"]
+        if "hidden_scale" in t:
+            arrays["hidden_scale"][lo:hi] = 0
+            if self.row_scale:  # a scale per token row, else one per dimension
+                arrays["hidden_scale"][lo:hi, :, :n] = t["hidden_scale"]
+            else:  # a scale per dimension
+                arrays["hidden_scale"][lo:hi] = t["hidden_scale"]
         if "attentions" in t:
             arrays["attentions"][lo:hi] = 0
             seq = t["attentions"].shape[-1]
@@ -313,18 +343,22 @@ class _Writer:
 
 
 def _finalise(work: Path, out_dir: Path, header: dict, dataset, extra: dict | None = None) -> dict:
-    """Checksum the arrays, write the manifest (with ``extra``: timing, environment) and
-    rename ``DIR.partial`` to ``DIR``."""
+    """Checksum the arrays, write the manifest (with ``extra``: timing, environment, command)
+    and the README.md, and rename ``DIR.partial`` to ``DIR``."""
     manifest = dict(header)
     manifest.update({k: v for k, v in (extra or {}).items() if v is not None})
     for name, info in manifest["arrays"].items():
         info["sha256"] = sha256_file(work / f"{name}.npy")
+        info["bytes"] = (work / f"{name}.npy").stat().st_size
     if (work / "dims.npy").exists():
-        manifest["arrays"]["dims"] = {"shape": list(np.load(work / "dims.npy").shape), "dtype": "int64",
-                                      "sha256": sha256_file(work / "dims.npy")}
+        dims = np.load(work / "dims.npy")
+        manifest["arrays"]["dims"] = {"shape": list(dims.shape), "dtype": str(dims.dtype),
+                                      "sha256": sha256_file(work / "dims.npy"),
+                                      "bytes": (work / "dims.npy").stat().st_size}
     manifest.update(size_report(work, manifest, dataset))
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_json(work / "manifest.json", manifest)
+    write_atomic(work / "README.md", readme_text(manifest))
     for f in work.glob("progress.*"):
         f.unlink()
     (work / "plan.json").unlink()

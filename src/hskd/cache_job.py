@@ -19,6 +19,17 @@ from hskd.job_inputs import cache_fingerprint, needs_eager, run_device, run_envi
 from hskd.locks import OutputLock
 from hskd.recipes import knowledge_spec, recipe_spec
 from hskd.runs import is_main_process
+from hskd.storage import check_storage
+
+
+def command_line() -> str:
+    """The command that is running, as a user would retype it."""
+    import shlex
+    import sys
+
+    name = Path(sys.argv[0]).name
+    prog = "hskd" if name in ("hskd", "cli.py", "__main__.py", "-c") else name
+    return shlex.join([prog, *sys.argv[1:]])
 
 
 def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
@@ -52,6 +63,7 @@ def _make_cache(s: Settings, spec, device, out: Path, stop_after_batches: int | 
     fp = cache_fingerprint(data.task, data, tok, max_len, teacher_path)
     fp["spec"] = spec.to_dict()
     fp["student_layers"] = n_student
+    fp["teacher"] = str(teacher_path)  # for the README; not compared (teacher_sha256 is)
     # the teacher's own label order (checked equal to the task's above): a distill from this
     # cache with another order is refused, whatever the teacher folder holds by then
     fp["teacher_labels"] = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)] \
@@ -64,7 +76,8 @@ def _make_cache(s: Settings, spec, device, out: Path, stop_after_batches: int | 
     teacher.to(device=device, dtype=precision_dtype(s.bf16, s.fp16))
     manifest = write_cache(out, teacher, ds, Collator(tok), plan, fp, tok.sep_token_id, max_len,
                            batch_size=s.eval_batch_size, stop_after_batches=stop_after_batches,
-                           progress=not s.quiet, environment=run_environment(s))
+                           progress=not s.quiet, environment=run_environment(s),
+                           storage=check_storage(s.storage or "fp16"), command=command_line())
     return manifest
 
 

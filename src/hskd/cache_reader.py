@@ -13,9 +13,11 @@ from hskd.errors import HskdError
 from hskd.files import read_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan
 from hskd.selectors import select_dims, width_index
+from hskd.storage import STORAGES, array_dtype, decode, decode_batch
 from hskd.tasks import sha256_file
 
 POSITIONAL = ("cls", "left", "all")  # length strategies whose token order is by position
+READABLE_FORMATS = (1, 2)  # 1: fp16 values, int16 indices (hskd before --storage)
 
 
 def partial_dir(out_dir: Path) -> Path:
@@ -28,11 +30,13 @@ class CacheReader:
 
     Raises (on open):
         HskdError: not a finished cache (interrupted or truncated), an array whose size or
-            sha256 differs from the manifest (corrupted), or a fingerprint field that differs
-            from ``expect`` (named in the message).
+            sha256 differs from the manifest (corrupted), a fingerprint field that differs
+            from ``expect`` (named in the message), a storage other than ``storage`` (when
+            given) or hidden values whose dtype is not the recorded storage's.
     """
 
-    def __init__(self, path: str | Path, expect: dict | None = None, verify: bool = True):
+    def __init__(self, path: str | Path, expect: dict | None = None, verify: bool = True,
+                 storage: str | None = None):
         self.path = Path(path)
         manifest_file = self.path / "manifest.json"
         if not manifest_file.is_file():
@@ -43,6 +47,20 @@ class CacheReader:
         if not isinstance(self.manifest, dict) or not {"fingerprint", "arrays", "spec", "pairs"} <= set(self.manifest):
             raise HskdError(f"{manifest_file} is not a knowledge-cache manifest; rebuild the cache with hskd cache "
                             "--overwrite")
+        fmt = self.manifest.get("format", 1)
+        if fmt not in READABLE_FORMATS:
+            raise HskdError(f"cache {self.path} is of format {fmt}, which this hskd cannot read; upgrade hskd "
+                            "or rebuild the cache")
+        self.storage = self.manifest.get("storage", "fp16")
+        if self.storage not in STORAGES:
+            raise HskdError(f"cache {self.path} has an unknown storage {self.storage!r}; rebuild it with hskd cache")
+        if storage is not None and storage != self.storage:
+            raise HskdError(f"cache {self.path} stores its hidden values as {self.storage}, not {storage}; "
+                            f"drop --storage (the cache's own is used) or rebuild it with --storage {storage}")
+        hidden = self.manifest["arrays"].get("hidden")
+        if hidden is not None and hidden["dtype"] != array_dtype(self.storage):
+            raise HskdError(f"cache {self.path} says {self.storage} storage but its hidden values are "
+                            f"{hidden['dtype']}; rebuild it with hskd cache --overwrite")
         for field, value in (expect or {}).items():
             have = self.manifest["fingerprint"].get(field)
             if have != value:
@@ -152,11 +170,11 @@ class CacheReader:
         self.__dict__.update(state)
         self.arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r") for name in self.manifest["arrays"]}
 
-    def read(self, ids: np.ndarray, plan: Plan, seq_len: int, device=None) -> Knowledge:
-        """The knowledge of rows ``ids`` for ``plan``, on ``device`` (default: CPU).
-
-        Values keep their storage dtypes (hidden states and attentions fp16, logits fp32);
-        indices are int64, ``token_mask`` bool.
+    def read_stored(self, ids: np.ndarray, plan: Plan, seq_len: int) -> dict:
+        """The rows ``ids`` for ``plan`` as stored, on the CPU: the fields of :class:`Knowledge`
+        with ``hidden`` still in the cache's storage form, plus ``hidden_storage`` (its name)
+        and ``hidden_scale`` (int8 storages). :func:`hskd.storage.decode_batch` decodes them,
+        on the training device. Logits fp32, indices int64, ``token_mask`` bool.
 
         Args:
             ids: example ids ``[batch]`` (row numbers of the training set).
@@ -167,39 +185,63 @@ class CacheReader:
         if ids.size and (ids.min() < 0 or ids.max() >= self.rows):
             raise HskdError(f"example id out of range for cache {self.path} ({self.rows} rows); "
                             "the cache was built for other data")
-        k = Knowledge(logits=torch.from_numpy(np.ascontiguousarray(self.arrays["logits"][ids])))
-        if "tokens" in how:
-            n = min(how["tokens"], seq_len) if how["trim"] else how["tokens"]
-            p = how["pairs"]
-            index = torch.from_numpy(self.arrays["token_index"][ids][:, p, :n].astype(np.int64))
-            k.token_mask = index >= 0
-            k.token_index = index.clamp_min(0)
-            if want.hidden:
-                # kept in the storage dtype (fp16): half the bytes to pin and copy; the losses
-                # compute in fp32 on the device
-                values = torch.from_numpy(np.ascontiguousarray(self.arrays["hidden"][ids][:, p, :n]))
-                mode = how["width"]
-                if mode[0] == "all":
-                    k.hidden = values
-                elif mode[0] == "select":  # selection on exact fp16 values, done in fp32 on the CPU
-                    k.dim_index = width_index(want, values.float())
-                    k.hidden = select_dims(values, k.dim_index)
-                elif mode[0] == "positions":
-                    k.hidden = values[..., mode[1]]
-                    k.dim_index = torch.from_numpy(mode[2])
-                else:
-                    w = mode[1]
-                    k.hidden = values[..., :w]
-                    if "dim_index" in self.arrays:
-                        k.dim_index = torch.from_numpy(self.arrays["dim_index"][ids][:, p, :n, :w].astype(np.int64))
-                    else:
-                        k.dim_index = torch.from_numpy(np.array(self.arrays["dims"][:w]))
-            if want.attentions:
-                att = self.arrays["attentions"][ids][:, p, :, :n, :seq_len]
-                k.attentions = torch.from_numpy(np.ascontiguousarray(att))
-        if device is not None:
-            for name in ("logits", "hidden", "token_index", "token_mask", "dim_index", "attentions"):
-                value = getattr(k, name)
-                if value is not None:
-                    setattr(k, name, value.to(device))
+        k = {"logits": torch.from_numpy(np.ascontiguousarray(self.arrays["logits"][ids]))}
+        if "tokens" not in how:
+            return k
+        n = min(how["tokens"], seq_len) if how["trim"] else how["tokens"]
+        p = how["pairs"]
+        index = torch.from_numpy(self.arrays["token_index"][ids][:, p, :n].astype(np.int64))
+        k["token_mask"] = index >= 0
+        k["token_index"] = index.clamp_min(0)
+        if want.hidden:
+            k.update(self._hidden(ids, p, n, want, how["width"]))
+        if want.attentions:
+            att = self.arrays["attentions"][ids][:, p, :, :n, :seq_len]
+            k["attentions"] = torch.from_numpy(np.ascontiguousarray(att))
         return k
+
+    def _hidden(self, ids: np.ndarray, p: list, n: int, want: KnowledgeSpec, mode: tuple) -> dict:
+        """The hidden values of rows ``ids`` (pairs ``p``, first ``n`` tokens) in the width that
+        ``mode`` (from :meth:`serving`) says, still encoded, with their dim indices."""
+        # kept in the storage form (fp16, or 1 byte for int8/fp8): fewer bytes to pin and copy;
+        # decoded on the device, and the losses compute in fp32 there
+        values = torch.from_numpy(np.ascontiguousarray(self.arrays["hidden"][ids][:, p, :n]))
+        scale = None
+        if "hidden_scale" in self.arrays:
+            stored = self.arrays["hidden_scale"][ids][:, p]
+            scale = torch.from_numpy(np.ascontiguousarray(stored[:, :, :n] if self.storage == "int8" else stored))
+        out = {"hidden_storage": self.storage}
+        per_dim = self.storage == "int8-dim"
+        if mode[0] == "all":
+            out["hidden"] = values
+        elif mode[0] == "select":
+            # magnitude (or another strategy) chosen on the stored values: decoded here, on the
+            # CPU, because the choice depends on them; then stored as fp16 for the copy
+            values = decode(values, self.storage, scale)
+            out["dim_index"] = width_index(want, values)
+            out["hidden"] = select_dims(values, out["dim_index"]).half()
+            return {**out, "hidden_storage": "fp16"}
+        elif mode[0] == "positions":
+            out["hidden"] = values[..., mode[1]]
+            out["dim_index"] = torch.from_numpy(mode[2])
+            scale = scale[..., mode[1]] if per_dim else scale
+        else:
+            w = mode[1]
+            out["hidden"] = values[..., :w]
+            scale = scale[..., :w] if per_dim else scale
+            if "dim_index" in self.arrays:
+                out["dim_index"] = torch.from_numpy(self.arrays["dim_index"][ids][:, p, :n, :w].astype(np.int64))
+            else:
+                out["dim_index"] = torch.from_numpy(np.array(self.arrays["dims"][:w]).astype(np.int64))
+        if scale is not None:
+            out["hidden_scale"] = scale
+        return out
+
+    def read(self, ids: np.ndarray, plan: Plan, seq_len: int, device=None) -> Knowledge:
+        """The knowledge of rows ``ids`` for ``plan``, decoded, on ``device`` (default: CPU):
+        :meth:`read_stored`, moved, then :func:`hskd.storage.decode_batch`. Hidden values are
+        fp16 for fp16 storage and fp32 otherwise; attentions fp16, logits fp32."""
+        k = self.read_stored(ids, plan, seq_len)
+        if device is not None:
+            k = {name: v.to(device) if isinstance(v, torch.Tensor) else v for name, v in k.items()}
+        return Knowledge(**decode_batch(k))

@@ -85,6 +85,12 @@ class Settings:
                                    ('distill', 'run', 'sweep'), choices=('all', 'progressive', 'stacked'))
     stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', ('distill', 'run', 'sweep'), above=0)
     cache: str | None = opt(None, 'train from this knowledge cache; the teacher is not loaded', ('distill',))
+    storage: str | None = opt(None, 'hidden values in the cache: fp16 (default), bf16, int8 (scale per token row), '
+                                    'int8-dim (scale per dimension) or fp8; distill: checked against the cache',
+                              ('cache', 'distill', 'run', 'sweep'),
+                              choices=('fp16', 'bf16', 'int8', 'int8-dim', 'fp8'))
+    dry_run: bool = opt(False, 'print the bytes, HSK fraction, free space and time the cache would take, '
+                               'without writing it', ('cache',))
     # the departures of docs/METHODS.md, each a named option (None: hskd's default); --preset sets them
     preset: str | None = opt(None, "a paper's official settings: mud, pkd, tinybert or ird (docs/METHODS.md); "
                                    "flags still win", DIST, choices=('mud', 'pkd', 'tinybert', 'ird'))

@@ -119,7 +119,7 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
         expect = cache_fingerprint(task, data, student_tok, max_len, teacher_dir)
         if not aligned:  # soft labels are per example: the teacher may have tokenized them its own way
             expect = {k: v for k, v in expect.items() if k not in ("tokenizer_sha256", "max_seq_length")}
-        reader = CacheReader(s.cache, expect=expect)
+        reader = CacheReader(s.cache, expect=expect, storage=s.storage)
         cached_labels = reader.manifest["fingerprint"].get("teacher_labels")
         if cached_labels is not None and cached_labels != list(task.labels or []):
             raise HskdError(f"cache {s.cache} was extracted from a teacher with labels {cached_labels}, but "

@@ -14,13 +14,13 @@ Either way the loss sees the same :class:`hskd.knowledge.Knowledge`.
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 
 import torch
 from torch import nn
 
 from hskd.knowledge import Knowledge, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention
+from hskd.storage import decode_batch
 from hskd.terms import Objective
 
 
@@ -99,8 +99,10 @@ class CacheCollator:
     memory on CUDA) and overlaps the previous step, never inside the training step.
 
     The batch gains ``knowledge`` (a dict of :class:`Knowledge` fields, CPU tensors in their
-    storage dtypes: hidden ``[batch, pairs, tokens, width]`` fp16, indices int64) and
-    ``cache_read_seconds`` (a float, the read's wall time).
+    storage form: hidden ``[batch, pairs, tokens, width]`` fp16, int8 or fp8 bits, with
+    ``hidden_storage`` and ``hidden_scale``; indices int64) and ``cache_read_seconds`` (a float,
+    the read's wall time). The trainer decodes the hidden values once the batch is on the
+    device (:func:`hskd.storage.decode_batch`).
     """
 
     def __init__(self, base, reader, plan: Plan):
@@ -109,8 +111,8 @@ class CacheCollator:
     def __call__(self, features: list[dict]) -> dict:
         batch = self.base(features)
         start = time.perf_counter()
-        k = self.reader.read(batch["example_id"].numpy(), self.plan, seq_len=batch["input_ids"].size(1))
-        batch["knowledge"] = {f.name: getattr(k, f.name) for f in fields(k) if getattr(k, f.name) is not None}
+        batch["knowledge"] = self.reader.read_stored(batch["example_id"].numpy(), self.plan,
+                                                     seq_len=batch["input_ids"].size(1))
         batch["cache_read_seconds"] = time.perf_counter() - start
         return batch
 
@@ -133,5 +135,6 @@ class CachedKnowledge:
         return CacheCollator(base, self.reader, self.plan)
 
     def __call__(self, inputs: dict, batch_knowledge: dict) -> Knowledge:
-        """The batch's knowledge, read by :class:`CacheCollator` and already on the device."""
-        return Knowledge(**batch_knowledge)
+        """The batch's knowledge, read by :class:`CacheCollator`, already on the device and
+        decoded (:meth:`hskd.train.DistillationTrainer._prepare_inputs`)."""
+        return Knowledge(**decode_batch(batch_knowledge))  # a no-op once the trainer decoded it

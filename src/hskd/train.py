@@ -27,6 +27,7 @@ from hskd.models import Projection, model_inputs
 from hskd.recipes import Stage
 from hskd.runs import is_main_process, write_json
 from hskd.sources import CachedKnowledge
+from hskd.storage import decode_batch
 from hskd.tasks import TaskSpec, compute_metrics
 from hskd.terms import LossInputs, Objective
 
@@ -116,6 +117,14 @@ class DistillationTrainer(AtomicCheckpoints):
             return super().get_train_dataloader()
         finally:
             self.data_collator = base
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        """The batch on the device, with cached hidden values decoded there (int8, fp8, bf16
+        storage): in the data path, before the step, so only the compact form was copied."""
+        inputs = super()._prepare_inputs(inputs)
+        if isinstance(inputs.get("knowledge"), dict):
+            inputs["knowledge"] = decode_batch(inputs["knowledge"])
+        return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.cache_read_seconds += inputs.pop("cache_read_seconds", 0.0)
