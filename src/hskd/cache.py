@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
+from hskd.cache_card import readme_text
 from hskd.cache_reader import CacheReader, partial_dir  # noqa: F401 - re-exported: the cache's reader
 from hskd.device import is_main_process
 from hskd.errors import HskdError
-from hskd.cache_card import readme_text
 from hskd.files import read_json, write_atomic, write_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention

@@ -109,7 +109,8 @@ def decode(hidden: torch.Tensor, storage: str, scale: torch.Tensor | None = None
     """Decode stored hidden values (on whatever device they are) to float32.
 
     Args:
-        hidden: ``[batch, pairs, tokens, width]`` as read (``float16``; ``int16`` bits for bf16; ``int8``; ``uint8`` bits for fp8).
+        hidden: ``[batch, pairs, tokens, width]`` as read (``float16``; ``int16`` bits for bf16;
+            ``int8``; ``uint8`` bits for fp8).
         scale: ``hidden_scale`` rows for the int8 storages (``[batch, pairs, tokens]`` or
             ``[batch, pairs, width]``; may be narrowed to the same dims as ``hidden``).
 
