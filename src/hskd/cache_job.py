@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +34,9 @@ def command_line() -> str:
 
 
 def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
-    """Run the teacher once over the training set and store its selected knowledge."""
+    """Run the teacher once over the training set and store its selected knowledge; with
+    ``--dry-run``, only plan it (:func:`hskd.planner.plan_cache`: nothing is written) and
+    return the plan."""
     if not s.teacher:
         raise HskdError("give --teacher DIR (a fine-tuned model)")
     if not s.output_dir:
@@ -41,6 +44,10 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     spec = cache_spec(s)
     device = run_device(s)
     out = Path(s.output_dir).expanduser()
+    if s.dry_run:
+        from hskd.planner import plan_cache
+
+        return plan_cache(s, prepare_cache_job(s, spec), device, out)
     with OutputLock(out):  # covers DIR and DIR.partial: a second process is refused, not adopted
         return _make_cache(s, spec, device, out, stop_after_batches)
 
@@ -50,6 +57,41 @@ def _make_cache(s: Settings, spec, device, out: Path, stop_after_batches: int | 
         raise HskdError(f"{out} already holds a cache; pass --overwrite to rebuild it")
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):
         raise HskdError(f"{out} holds other files; choose another --output-dir")
+    job = prepare_cache_job(s, spec)
+    if s.overwrite and is_main_process():
+        shutil.rmtree(partial_dir(out), ignore_errors=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")  # each rank writes a disjoint range of rows
+    job.teacher.to(device=device, dtype=precision_dtype(s.bf16, s.fp16))
+    return write_cache(out, job.teacher, job.dataset, Collator(job.tokenizer), job.plan, job.fingerprint,
+                       job.tokenizer.sep_token_id, job.max_len, batch_size=s.eval_batch_size,
+                       stop_after_batches=stop_after_batches, progress=not s.quiet,
+                       environment=run_environment(s), storage=job.storage, command=command_line())
+
+
+@dataclass
+class CacheJob:
+    """What a cache is extracted from, checked: the teacher (weights loaded, on the CPU), the
+    tokenized training set, its tokenizer, max length, plan, fingerprint and storage."""
+
+    teacher: object
+    dataset: object
+    tokenizer: object
+    max_len: int
+    plan: object
+    fingerprint: dict
+    storage: str
+
+
+def prepare_cache_job(s: Settings, spec) -> CacheJob:
+    """Load and check everything ``hskd cache`` needs, before anything is written (the
+    planner, ``--dry-run``, stops here).
+
+    Raises:
+        HskdError: a teacher whose labels differ from the task's, too few position embeddings,
+            an unknown storage.
+    """
+    storage = check_storage(s.storage or "fp16")
     teacher_path = models.resolve_model(s.teacher)
     teacher = models.load_classifier(teacher_path, None,  # its saved labels, checked below
                                      attentions=needs_eager(spec, teacher_path))
@@ -63,22 +105,13 @@ def _make_cache(s: Settings, spec, device, out: Path, stop_after_batches: int | 
     fp = cache_fingerprint(data.task, data, tok, max_len, teacher_path)
     fp["spec"] = spec.to_dict()
     fp["student_layers"] = n_student
-    fp["teacher"] = str(teacher_path)  # for the README; not compared (teacher_sha256 is)
+    fp["teacher"] = str(Path(teacher_path).resolve()) if Path(teacher_path).exists() else str(teacher_path)
     # the teacher's own label order (checked equal to the task's above): a distill from this
     # cache with another order is refused, whatever the teacher folder holds by then
     fp["teacher_labels"] = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)] \
         if not data.task.is_regression else None
-    if s.overwrite and is_main_process():
-        shutil.rmtree(partial_dir(out), ignore_errors=True)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")  # each rank writes a disjoint range of rows
     ds = tokenize(data.train, tok, max_len)
-    teacher.to(device=device, dtype=precision_dtype(s.bf16, s.fp16))
-    manifest = write_cache(out, teacher, ds, Collator(tok), plan, fp, tok.sep_token_id, max_len,
-                           batch_size=s.eval_batch_size, stop_after_batches=stop_after_batches,
-                           progress=not s.quiet, environment=run_environment(s),
-                           storage=check_storage(s.storage or "fp16"), command=command_line())
-    return manifest
+    return CacheJob(teacher, ds, tok, max_len, plan, fp, storage)
 
 
 def cache_spec(s: Settings):

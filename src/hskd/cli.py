@@ -1,5 +1,5 @@
-"""The ``hskd`` command line: finetune | cache | distill | evaluate | predict | export | run | sweep | report |
-recipes.
+"""The ``hskd`` command line: finetune | cache | distill | evaluate | predict | export | run | sweep | search |
+report | inspect | recipes.
 
 Every flag can also come from ``--config FILE.yaml`` (same names, ``_`` or ``-``); flags win.
 User errors print one line, ``hskd: error: ...``, exit with status 2 and leave no half-written
@@ -26,7 +26,9 @@ COMMANDS = {
     "predict": "write GLUE submission files (test or dev split), or predictions for a file of new texts",
     "run": "teacher, student-finetune and distilled student, evaluated and reported",
     "sweep": "the marginal-utility sweep: one cache, one student per HSK budget, results.csv and plots",
+    "search": "find the smallest HSK budget within --tolerance of full HSK, over --seeds, from one cache",
     "report": "put finished runs side by side in one markdown table",
+    "inspect": "print what a knowledge cache holds (its README.md) and check it (complete, checksums, fingerprint)",
     "recipes": "list the recipes (built-in and --recipe files): knowledge, stages, terms, defaults, sources",
 }
 _TYPES = {"int": int, "float": float, "str": str, "Any": str}
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "report":
             p.add_argument("runs", nargs="+", help="run, model or sweep directories")
             p.add_argument("--output", help="also write the table to this file")
+        if command == "inspect":
+            p.add_argument("cache", help="a knowledge cache directory (written by hskd cache)")
+            p.add_argument("--no-verify", action="store_true", help="skip the sha256 of every array (faster)")
+            continue
         if command == "recipes":
             p.add_argument("--show", help="print this recipe's definition as YAML (a template for your own)")
             p.add_argument("--plugin", help="modules or .py files that register loss terms")
@@ -136,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "recipes":
             load_plugins(args.plugin)
             return _recipes(args.show)
+        if args.command == "inspect":
+            from hskd.cache_card import inspect_cache
+
+            print(inspect_cache(args.cache, verify=not args.no_verify), end="")
+            return 0
         plugin = getattr(args, "plugin", None)
         if plugin is None and args.config:  # a plugin named in the YAML registers before the recipe loads
             from hskd.config import load_yaml
@@ -220,7 +231,11 @@ def _dispatch(args, s) -> int:
         predict(s, args.model, args.split, args.input)
     elif args.command == "cache":
         m = pipeline.make_cache(s)
-        if m.get("megabytes") is not None:
+        if s.dry_run:
+            from hskd.planner import format_plan
+
+            print(format_plan(m))
+        elif m.get("megabytes") is not None:
             print(f"cache {s.output_dir}: {m['rows']} rows, {m['megabytes']:.2f} MB, "
                   f"{m['hsk_fraction'] * 100:.3f}% of the full HSK ({m['full_hsk_megabytes']:.1f} MB); "
                   f"{m.get('extract_examples_per_second') or 0:.1f} examples/s")
