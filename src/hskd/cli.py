@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--length", default="1,2,5,10,all", help="tokens kept, e.g. 1,2,5,10,all")
             p.add_argument("--width", default="0.01,0.1,0.5,1", help="width fractions, e.g. 0.01,0.1,0.5,1")
             p.add_argument("--full-grid", action="store_true", help="train the whole cross product as joint points")
+        if command == "search":
+            p.add_argument("--depth", help="layers kept, ascending, the last = all (default 1..student layers + 1)")
+            p.add_argument("--length", default="1,2,5,10,20,all", help="tokens kept, ending in all")
+            p.add_argument("--width", default="0.01,0.02,0.05,0.1,0.2,0.5,1", help="width fractions, ending in 1")
         if command == "report":
             p.add_argument("runs", nargs="+", help="run, model or sweep directories")
             p.add_argument("--output", help="also write the table to this file")
@@ -123,7 +127,7 @@ def _settings(args: argparse.Namespace, rest: list[str]):
     flags = {k: v for k, v in vars(args).items() if k not in extra}
     if args.command in ("evaluate", "predict", "export"):
         flags.pop("model", None)
-    if args.command == "sweep" and not flags.get("recipe") and not args.config:
+    if args.command in ("sweep", "search") and not flags.get("recipe") and not args.config:
         flags["recipe"] = "mud"
     passthrough = _passthrough(rest)
     if passthrough:
@@ -246,6 +250,13 @@ def _dispatch(args, s) -> int:
 
         rows = run_sweep(s, args.depth, args.length, args.width, args.full_grid)
         print(f"{len(rows)} points in {Path(s.output_dir) / 'results.csv'}; plot: marginal_utility.png")
+    elif args.command == "search":
+        from hskd.search import run_search
+
+        result = run_search(s, args.depth, args.length, args.width)
+        c = result.chosen
+        print(f"chosen {c.point.name}: {c.mean:.2f} ± {c.std:.2f} against full HSK's {result.reference.mean:.2f} ± "
+              f"{result.reference.std:.2f}, {result.runs} runs; {Path(s.output_dir) / 'search.md'}")
     elif args.command == "report":
         from hskd.report import collect, comparison_table
 

