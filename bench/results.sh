@@ -91,6 +91,30 @@ step() {
                 done
                 $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe mud --knowledge 1l_10t_0.1h \
                   --hsk-epochs 3 --num-train-epochs 3 --output-dir cola-mud-1l_10t_0.1h --quiet ;;
+    i15-storage) # issue 15: one 1l_10t_0.1h cache per storage and 3 seeds of mud from each (in ./i15:
+                # its own teachers; MRPC and CoLA in full, SST-2's first 10,000 rows; 1 HSK + 1 prediction epoch)
+                mkdir -p i15 && cd i15
+                $H finetune --task MRPC --data-dir "$G" --num-train-epochs 3 --output-dir mrpc/teacher --quiet
+                $H finetune --task CoLA --data-dir "$G" --num-train-epochs 5 --output-dir cola/teacher --quiet
+                $H finetune --task SST-2 --data-dir "$G" --max-train-samples 10000 --num-train-epochs 2 \
+                  --output-dir sst2/teacher --quiet
+                for st in fp16 bf16 int8 int8-dim fp8; do  # the planner, for the full training sets
+                  for t in MRPC CoLA SST-2; do d=$(echo $t | tr A-Z a-z | tr -d -)
+                    $H cache --task $t --data-dir "$G" --teacher $d/teacher --knowledge 1l_10t_0.1h --student-layers 3 \
+                      --storage $st --output-dir $d/cache-full-$st --quiet --dry-run > $d/plan-full-$st.txt
+                  done
+                done
+                for st in fp16 int8 fp8; do
+                  for t in MRPC CoLA SST-2; do d=$(echo $t | tr A-Z a-z | tr -d -); n=""
+                    [ $t = SST-2 ] && n="--max-train-samples 10000"
+                    $H cache --task $t --data-dir "$G" --teacher $d/teacher --knowledge 1l_10t_0.1h --student-layers 3 \
+                      --storage $st $n --output-dir $d/cache-$st --quiet --dry-run > $d/plan-$st.txt
+                    $H cache --task $t --data-dir "$G" --teacher $d/teacher --knowledge 1l_10t_0.1h --student-layers 3 \
+                      --storage $st $n --output-dir $d/cache-$st --quiet
+                    $H distill --task $t --data-dir "$G" --cache $d/cache-$st $n --recipe mud --knowledge 1l_10t_0.1h \
+                      --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 --output-dir $d/mud-$st --quiet
+                  done
+                done ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;

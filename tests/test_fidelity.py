@@ -320,3 +320,25 @@ def test_seeds_run_one_student_per_seed_and_report_the_spread(tmp_path, capsys, 
     bad[bad.index(out)] = tmp_path / "bad"
     assert run_cli(*bad) == 2
     assert "bad --seeds '3,3'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_hskd_run_with_seeds_reports_each_model_over_the_seeds(tmp_path, capsys, tiny_glue, tiny_backbone):
+    import json
+    import statistics
+
+    from tests.conftest import TINY, run_cli
+
+    out = tmp_path / "run"
+    assert run_cli("run", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone, "--student-model",
+                   tiny_backbone, "--student-layers", "2", "--recipe", "kd", "--seeds", "5,6", "--output-dir", out,
+                   *TINY) == 0
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [5, 6] and set(summary["models"]) == {"teacher", "student-finetune", "student"}
+    for name, m in summary["models"].items():
+        values = [json.loads((out / f"seed-{x}" / name / "hskd.json").read_text())["eval"]["main_value"]
+                  for x in (5, 6)]
+        assert m["metrics"]["accuracy"]["values"] == values
+        assert math.isclose(m["metrics"]["accuracy"]["mean"], statistics.fmean(values))
+    assert json.loads((out / "seed-6" / "teacher" / "hskd.json").read_text())["settings"]["seed"] == 6
+    shown = capsys.readouterr().out
+    assert "### teacher" in shown and "### student" in shown and "| accuracy |" in shown

@@ -207,6 +207,11 @@ def _dispatch(args, s) -> int:
         from hskd.seeds import run_seeds, seeds_table
 
         print(seeds_table(run_seeds(s, getattr(pipeline, args.command))))
+    elif args.command == "run" and s.seeds:
+        from hskd.seeds import run_seeds
+
+        run_seeds(s, pipeline.run, models=("teacher", "student-finetune", "student"))
+        print((Path(s.output_dir) / "seeds.md").read_text(), end="")
     elif args.command == "finetune":
         rec = pipeline.finetune(s)
         _print_eval(rec.get("eval"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hskd.config import Settings
 from hskd.errors import HskdError
-from hskd.files import write_atomic, write_json
+from hskd.files import read_json, write_atomic, write_json
 from hskd.job_inputs import with_changes
 from hskd.locks import OutputLock
 
@@ -37,10 +37,16 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def run_seeds(s: Settings, job) -> dict:
-    """Run ``job`` (``finetune`` or ``distill``) once per seed of ``s.seeds``.
+def run_seeds(s: Settings, job, models: tuple[str, ...] | None = None) -> dict:
+    """Run ``job`` (``finetune`` or ``distill``; ``run`` with ``models``) once per seed of
+    ``s.seeds``.
 
-    Returns: ``{"seeds": [...], "runs": {seed: eval}, "metrics": {name: {"mean", "std", "values"}}}``.
+    Args:
+        models: for ``hskd run``: the sub-folders of each seed's run whose records are summarised
+            (teacher, student-finetune, student); each seed trains all of them with that seed.
+
+    Returns: ``{"seeds": [...], "runs": {seed: eval}, "metrics": {name: {"mean", "std", "values"}}}``;
+    with ``models``, ``{"models": {name: that summary}}``.
     """
     seeds = parse_seeds(s.seeds)
     if not s.output_dir:
@@ -53,14 +59,25 @@ def run_seeds(s: Settings, job) -> dict:
         if not out.exists():
             lock.created()
         out.mkdir(parents=True, exist_ok=True)
-        runs = {}
+        runs: dict = {}
         for seed in seeds:
             child = with_changes(s, seed=seed, seeds=None, output_dir=str(out / f"seed-{seed}"),
                                  resume=not s.overwrite)
-            runs[seed] = job(child)["eval"]
-        summary = summarise(runs)
+            record = job(child)
+            if models is None:
+                runs[seed] = record["eval"]
+            else:  # hskd run: each model's record in its sub-folder
+                for name in models:
+                    runs.setdefault(name, {})[seed] = read_json(out / f"seed-{seed}" / name / "hskd.json",
+                                                                "rerun with --overwrite")["eval"]
+        if models is None:
+            summary = summarise(runs)
+            text = seeds_table(summary)
+        else:
+            summary = {"seeds": seeds, "models": {name: summarise(r) for name, r in runs.items()}}
+            text = "\n\n".join(f"### {name}\n\n{seeds_table(m)}" for name, m in summary["models"].items())
         write_json(out / "seeds.json", summary)
-        write_atomic(out / "seeds.md", seeds_table(summary) + "\n")
+        write_atomic(out / "seeds.md", text + "\n")
         return summary
 
 
