@@ -166,7 +166,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
     barrier()
     manifest = dict(header)
     if is_main_process():
-        timing = {"extract_seconds": seconds, "extract_examples_per_second": seen / seconds if seconds else None}
+        timing = {"extract_seconds": seconds, "extract_examples_per_second": seen / seconds if seconds else None,
+                  "resumed_at_row": done or None}  # the timing covers this process's rows only
         manifest = _finalise(work, out_dir, header, dataset, {**timing, "environment": environment,
                                                               "command": command})
     barrier()

@@ -69,7 +69,9 @@ def readme_text(manifest: dict) -> str:
     if manifest.get("extract_examples_per_second"):
         env = manifest.get("environment") or {}
         lines.append(f"- **Extraction:** {manifest['extract_seconds']:.1f} s, "
-                     f"{manifest['extract_examples_per_second']:.1f} examples/s on {env.get('device', '?')}")
+                     f"{manifest['extract_examples_per_second']:.1f} examples/s on {env.get('device', '?')}"
+                     + (f" (resumed after {manifest['resumed_at_row']:,} rows: the time is the resumed part's)"
+                        if manifest.get("resumed_at_row") else ""))
     lines.append(f"- **Created:** {manifest.get('created', '?')}")
     if manifest.get("command"):
         lines += ["", "Made with:", "", "```", manifest["command"], "```"]
