@@ -342,3 +342,16 @@ def test_hskd_run_with_seeds_reports_each_model_over_the_seeds(tmp_path, capsys,
     assert json.loads((out / "seed-6" / "teacher" / "hskd.json").read_text())["settings"]["seed"] == 6
     shown = capsys.readouterr().out
     assert "### teacher" in shown and "### student" in shown and "| accuracy |" in shown
+
+
+def test_early_stopping_ends_a_stage_once_dev_stops_improving(tmp_path, tiny_glue, tiny_backbone):
+    import json
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "t"
+    assert run_cli("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone,
+                   "--num-train-epochs", "8", "--batch-size", "8", "--learning-rate", "1e-9",  # dev never improves
+                   "--early-stopping-patience", "2", "--quiet", "--output-dir", out) == 0
+    stage = json.loads(next(out.glob("checkpoints/**/stage.json")).read_text())
+    assert stage["max_steps"] == 16 and stage["global_step"] == 6  # epochs 2 and 3 did not improve on epoch 1

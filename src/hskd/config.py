@@ -129,6 +129,9 @@ class Settings:
                                   'search: the seeds of every point', ('finetune', 'distill', 'run', 'search'))
     tolerance: float = opt(0.5, 'search: dev-metric points (×100) a budget may fall below full HSK (default 0.5)',
                            ('search',), minimum=0)
+    early_stopping_patience: int | None = opt(None, 'stop a stage once the dev metric has not improved for N '
+                                                    'evaluations (the best checkpoint is kept): train "as long as it '
+                                                    'improves" with a large --num-train-epochs', TRAIN, minimum=1)
     max_steps: int | None = opt(None, 'stop each stage after N steps (overrides epochs)', TRAIN, minimum=1)
     save_steps: int | None = opt(None, 'checkpoint every N steps (default: every epoch)', TRAIN, minimum=1)
     logging_steps: int = opt(50, 'log every N steps', TRAIN, minimum=1)

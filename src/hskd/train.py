@@ -254,11 +254,17 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
 
     Returns the Trainer's train metrics plus ``train_seconds`` and ``train_examples_per_second``.
     """
-    args = training_arguments(stage_dir, stage, task, s, stage.select_best and dev_ds is not None, dev_ds is not None)
+    select = stage.select_best and dev_ds is not None
+    args = training_arguments(stage_dir, stage, task, s, select, dev_ds is not None)
+    callbacks = list(s.callbacks or [])
+    if s.early_stopping_patience and select:  # stop once dev has not improved for N evaluations
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.early_stopping_patience))
     trainer = DistillationTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=dev_ds,
         compute_metrics=metrics_fn(task), objective=stage.objective,
-        knowledge_source=knowledge_source, callbacks=s.callbacks or None)
+        knowledge_source=knowledge_source, callbacks=callbacks or None)
     checkpoint = last_complete_checkpoint(stage_dir) if resume and is_main_process() else None
     if resume and torch.distributed.is_available() and torch.distributed.is_initialized():
         # every rank resumes from the checkpoint rank 0 chose
