@@ -37,6 +37,9 @@ def setup(tiny_teacher, tiny_glue, tiny_narrow):
 
 
 def _cache(tmp_path, setup, spec, name="cache", batch_size=5, **kw):
+    # fp16, not the int8 default: these tests compare the cache with the online teacher exactly;
+    # the storages' own errors are tested in test_storage.py
+    kw.setdefault("storage", "fp16")
     teacher, tok, ds, student = setup
     plan = spec.resolve(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     write_cache(tmp_path / name, teacher, ds, Collator(tok), plan, {"rows": len(ds)}, tok.sep_token_id,

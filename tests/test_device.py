@@ -156,7 +156,7 @@ def cached(tmp_path_factory, tiny_teacher, tiny_glue, tiny_narrow):
     plan = spec.resolve(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     out = tmp_path_factory.mktemp("cache") / "c"
     write_cache(out, teacher, ds, Collator(tok), plan, {"rows": len(ds)}, tok.sep_token_id, 32,
-                batch_size=5, flush_every=1, progress=False)
+                batch_size=5, flush_every=1, progress=False, storage="fp16")
     return teacher, tok, ds, plan, CacheReader(out), student
 
 

@@ -169,11 +169,14 @@ def test_dry_run_prints_the_plan_and_a_cache_describes_itself(tmp_path, capsys, 
     assert "rerun the same hskd cache command to resume" in capsys.readouterr().err
 
 
-def test_distill_trains_from_an_int8_cache_and_refuses_another_storage(tmp_path, capsys, monkeypatch, tiny_glue,
+def test_distill_trains_from_the_default_int8_cache_and_refuses_another_storage(tmp_path, capsys, monkeypatch, tiny_glue,
                                                                       tiny_teacher, tiny_narrow):
     cache = tmp_path / "cache"
     assert run_cli("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--output-dir",
-                   cache, "--knowledge", "1l_4t_0.5h", "--student-layers", "2", "--storage", "int8", "--quiet") == 0
+                   cache, "--knowledge", "1l_4t_0.5h", "--student-layers", "2", "--quiet") == 0
+    # int8 is the default storage (docs/RESULTS.md, issue 15: the same dev predictions as fp16)
+    assert json.loads((cache / "manifest.json").read_text())["storage"] == "int8"
+    assert np.load(cache / "hidden.npy", mmap_mode="r").dtype == np.int8
     common = ("distill", "--task", "SST-2", "--data-dir", tiny_glue, "--cache", cache, "--student-model", tiny_narrow,
               "--student-layers", "2", "--recipe", "mud", "--knowledge", "1l_4t_0.5h", "--hsk-epochs", "1", *TINY)
     assert run_cli(*common, "--storage", "fp16", "--output-dir", tmp_path / "bad") == 2

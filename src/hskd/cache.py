@@ -5,7 +5,7 @@ Layout of a cache directory::
     manifest.json     fingerprint, spec, layer pairs, shapes, dtypes, sha256 of every array
     README.md         what the cache holds, in words (teacher, task, budget, storage, bytes, command)
     logits.npy        [rows, num_labels] float32
-    hidden.npy        [rows, pairs, tokens, width] in the --storage (fp16 default; see hskd.storage)
+    hidden.npy        [rows, pairs, tokens, width] in the --storage (int8 default; see hskd.storage)
     hidden_scale.npy  [rows, pairs, tokens] or [rows, pairs, width] fp16 (int8 storages only)
     token_index.npy   [rows, pairs, tokens], -1 where a slot is unfilled (padding)
     dim_index.npy     [rows, pairs, tokens, width]           (magnitude width only)
@@ -41,7 +41,7 @@ from hskd.files import read_json, write_atomic, write_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention
 from hskd.selectors import SHARED_WIDTH, width_index
-from hskd.storage import array_dtype, encode, index_dtype, scale_shape
+from hskd.storage import DEFAULT_STORAGE, array_dtype, encode, index_dtype, scale_shape
 from hskd.tasks import sha256_file
 
 FORMAT = 2  # 2: --storage, smallest index types, README.md
@@ -62,7 +62,7 @@ def barrier() -> None:
 def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
                 fingerprint: dict, sep_token_id: int | None, max_seq_length: int,
                 batch_size: int = 64, flush_every: int = 16, stop_after_batches: int | None = None,
-                progress: bool = True, environment: dict | None = None, storage: str = "fp16",
+                progress: bool = True, environment: dict | None = None, storage: str = DEFAULT_STORAGE,
                 command: str | None = None) -> dict:
     """Run the teacher once over ``dataset`` (tokenized, with ``example_id`` = row number) and
     store its selected knowledge. Resumes a ``DIR.partial`` left by an interrupted write.
@@ -181,7 +181,7 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def array_shapes(spec: KnowledgeSpec, pairs: int, rows: int, labels: int, tokens: int, width: int,
-                 hidden_size: int, heads: int, max_seq_length: int, storage: str = "fp16") -> dict:
+                 hidden_size: int, heads: int, max_seq_length: int, storage: str = DEFAULT_STORAGE) -> dict:
     """The cache's arrays: ``{name: (shape, numpy dtype name)}`` (``dims.npy``, a few bytes, is
     not counted). The planner (:mod:`hskd.planner`) and the writer both use this."""
     shapes = {"logits": ((rows, labels), "float32")}

@@ -20,7 +20,7 @@ from hskd.job_inputs import cache_fingerprint, needs_eager, run_device, run_envi
 from hskd.locks import OutputLock
 from hskd.recipes import knowledge_spec, recipe_spec
 from hskd.runs import is_main_process
-from hskd.storage import check_storage
+from hskd.storage import DEFAULT_STORAGE, check_storage
 
 
 def command_line() -> str:
@@ -91,7 +91,7 @@ def prepare_cache_job(s: Settings, spec) -> CacheJob:
         HskdError: a teacher whose labels differ from the task's, too few position embeddings,
             an unknown storage.
     """
-    storage = check_storage(s.storage or "fp16")
+    storage = check_storage(s.storage or DEFAULT_STORAGE)
     teacher_path = models.resolve_model(s.teacher)
     teacher = models.load_classifier(teacher_path, None,  # its saved labels, checked below
                                      attentions=needs_eager(spec, teacher_path))

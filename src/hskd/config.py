@@ -86,7 +86,7 @@ class Settings:
                                    STUDENT, choices=('all', 'progressive', 'stacked'))
     stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', STUDENT, above=0)
     cache: str | None = opt(None, 'train from this knowledge cache; the teacher is not loaded', ('distill',))
-    storage: str | None = opt(None, 'hidden values in the cache: fp16 (default), bf16, int8 (scale per token row), '
+    storage: str | None = opt(None, 'hidden values in the cache: fp16, bf16, int8 (default; scale per token row), '
                                     'int8-dim (scale per dimension) or fp8; distill: checked against the cache',
                               ('cache', 'distill', 'run', 'sweep', 'search'),
                               choices=('fp16', 'bf16', 'int8', 'int8-dim', 'fp8'))
