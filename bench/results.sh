@@ -35,6 +35,22 @@ step() {
                   --save-steps 115 --seeds 42,43,44 --output-dir mrpc12/mud-preset --quiet ;;
     mrpc12-finetune) $H finetune --task MRPC --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir mrpc12/student-finetune --quiet ;;
+    mrpc12-pkd) # PKD's table on MRPC, 3 seeds: KD, PKD-Skip, PKD-Last (FT: step mrpc12-finetune)
+                for r in kd pkd-skip pkd-last; do
+                  $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe $r --num-train-epochs 3 \
+                    --seeds 42,43,44 --output-dir "mrpc12/$r" --quiet
+                done ;;
+    cola12-teacher) # the CoLA teacher as long as dev MCC improves (12 epochs at most, patience 2)
+                $H finetune --task CoLA --data-dir "$G" --num-train-epochs 12 --early-stopping-patience 2 \
+                  --output-dir cola12/teacher --quiet ;;
+    mrpc12-budgets) # MUD's budget table on MRPC, teacher-free, 3 seeds, 1 HSK + 1 prediction epoch, every
+                # budget sliced from one 4-layer x every-token cache of the mrpc12 teacher
+                $H cache --task MRPC --data-dir "$G" --teacher mrpc12/teacher --knowledge 4l_128t --student-layers 3 \
+                  --output-dir mrpc12/cache-full --quiet
+                for k in 1l_10t_0.1h 4l_128t 4l_10t_0.1h 1l_128t 4l_10t 4l_128t_0.1h; do
+                  $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-full --recipe mud --knowledge "$k" \
+                    --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 --output-dir "mrpc12/mud-$k" --quiet
+                done ;;
     mrpc-mud)   # one cache with every layer and every token (ranked by [CLS] attention), then budgets by slicing
                 $H cache --task MRPC --data-dir "$G" --teacher mrpc/teacher --knowledge 4l_128t --student-layers 3 \
                   --output-dir mrpc-cache --quiet | tee mrpc-cache.txt
@@ -115,6 +131,11 @@ step() {
                       --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 --output-dir $d/mud-$st --quiet
                   done
                 done ;;
+    i15-search) # issue 15: the minimum-budget search on MRPC, 2 seeds a point (in ./i15, after i15-storage)
+                cd i15
+                $H search --task MRPC --data-dir "$G" --teacher mrpc/teacher --output-dir mrpc/search --seeds 42,43 \
+                  --tolerance 0.5 --depth 1,2,4 --length 10,all --width 0.1,1 --hsk-epochs 1 --num-train-epochs 1 \
+                  --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
