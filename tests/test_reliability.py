@@ -215,3 +215,22 @@ def test_a_run_that_fails_after_creating_its_folder_removes_it(tmp_path, capsys,
                    "--plugin", REPO / "tests" / "test_reliability.py", "--output-dir", mine, *TINY)
     assert code == 2 and "the loss became nan" in _error_line(capsys)
     assert not (tmp_path / "new").exists()
+
+
+def test_settings_added_later_leave_older_runs_recognised_and_search_controls_out():
+    from hskd.config import Settings
+    from hskd.runs import fingerprint_settings
+
+    base = Settings(task="MRPC", recipe="mud")
+    for job in ("finetune", "distill", "run"):
+        fp = fingerprint_settings(base, job)
+        # at their defaults, the settings of the storage and search work are not in the
+        # fingerprint, so a folder made before them is still the same run (not "pass --overwrite")
+        assert not {"storage", "early_stopping_patience", "tolerance", "dry_run"} & set(fp), job
+    # the search's tolerance and the planner's dry-run do not change a point's result
+    assert fingerprint_settings(Settings(task="MRPC", recipe="mud", tolerance=1.0), "distill") == \
+        fingerprint_settings(base, "distill")
+    # early stopping changes a fine-tune's result: a rerun with it is a different run
+    stopped = fingerprint_settings(Settings(task="MRPC", early_stopping_patience=2), "finetune")
+    assert stopped["early_stopping_patience"] == 2
+    assert fingerprint_settings(Settings(task="MRPC", recipe="mud", storage="fp8"), "run")["storage"] == "fp8"

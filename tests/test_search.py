@@ -100,6 +100,11 @@ def test_hskd_search_writes_its_curve_and_a_rerun_skips_finished_points(tmp_path
 
     monkeypatch.setattr(pipeline, "train_job", spy)
     before = {p: p.stat().st_mtime_ns for p in out.glob("points/*/seed-*/model.safetensors")}
-    assert run_cli(*args) == 0
+    assert run_cli(*args, "--tolerance", "2") == 0  # another decision rule: the same trained points
     assert len(trained) == 2 * len(rows)
     assert {p: p.stat().st_mtime_ns for p in out.glob("points/*/seed-*/model.safetensors")} == before
+    # ladders that cannot work are refused before anything is trained
+    for bad, message in ((("--length", "2,999,all"), "longer than"),
+                         (("--length", "2,all", "--length-strategy", "cls"), "same budget")):
+        assert run_cli(*args[:-len(TINY)], *TINY, *bad[:2], *bad[2:], "--output-dir", tmp_path / "bad") == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()

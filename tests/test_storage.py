@@ -59,6 +59,20 @@ def test_per_dimension_int8_is_finer_than_per_row_for_dims_of_different_scales()
     assert errs["int8-dim"] < errs["int8"] / 10  # the small dims are not rounded to 0
 
 
+@pytest.mark.parametrize("storage", ["int8", "int8-dim"])
+def test_int8_scales_stay_in_the_normal_fp16_range(storage):
+    # a row of tiny values once got a subnormal fp16 scale (24 % error at 1e-5), a row of huge
+    # ones an infinite scale (NaN on decoding)
+    x = torch.tensor([[[[1e-5, -2e-5, 3e-6], [0.0, 0.0, 0.0], [1e9, -1.0, 2.0]]]])
+    e = encode(x, storage)
+    y = decode(e["hidden"], storage, e["hidden_scale"])
+    assert torch.isfinite(y).all() and (y[0, 0, 1] == 0).all()
+    assert (e["hidden_scale"].float() >= 2.0**-14).all()
+    if storage == "int8":  # per row: the tiny row is within half the smallest normal scale
+        assert ((y[0, 0, 0] - x[0, 0, 0]).abs() <= 2.0**-15).all()
+        assert y[0, 0, 2, 0] == pytest.approx(127 * 65504.0)  # clipped, as documented
+
+
 def test_fp8_clips_beyond_its_range_and_decoding_refuses_another_storage():
     e = encode(torch.tensor([[[[1000.0, -1000.0, 0.5]]]]), "fp8")
     assert decode(e["hidden"], "fp8").flatten().tolist() == [448.0, -448.0, 0.5]
@@ -167,6 +181,15 @@ def test_dry_run_prints_the_plan_and_a_cache_describes_itself(tmp_path, capsys, 
     (tmp_path / "p.partial").mkdir()
     assert run_cli("inspect", tmp_path / "p") == 2
     assert "rerun the same hskd cache command to resume" in capsys.readouterr().err
+    # what a cache cannot hold is refused by the planner too, not planned and then refused
+    minilm = ("--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--output-dir", tmp_path / "m",
+              "--recipe", "minilm", "--student-layers", "2", "--quiet", "--dry-run")
+    assert run_cli("cache", *minilm) == 2 and not (tmp_path / "m").exists()
+    assert "not cached" in capsys.readouterr().err
+    # a uniform-width cache serves only the smaller fractions whose dims it stores: it says so
+    assert run_cli("cache", *args[:7], tmp_path / "u", "--knowledge", "1l_4t_0.5h", "--width-strategy", "uniform",
+                   "--student-layers", "2", "--quiet") == 0
+    assert "or a smaller fraction whose dims it stores" in (tmp_path / "u" / "README.md").read_text()
 
 
 def test_distill_trains_from_the_default_int8_cache_and_refuses_another_storage(tmp_path, capsys, monkeypatch, tiny_glue,

@@ -59,6 +59,13 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def refuse_uncacheable(spec: KnowledgeSpec) -> None:
+    """Raises HskdError for knowledge a cache cannot hold (MiniLM's relations), before any work."""
+    if spec.relations:
+        raise HskdError("MiniLM relations are [seq x seq] per example and are not cached; "
+                        "distill the minilm recipe from --teacher")
+
+
 def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
                 fingerprint: dict, sep_token_id: int | None, max_seq_length: int,
                 batch_size: int = 64, flush_every: int = 16, stop_after_batches: int | None = None,
@@ -86,9 +93,7 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
             disk space for the arrays (checked, and the blocks reserved, before any is written).
     """
     spec, pairs = plan.spec, list(plan.pairs)
-    if spec.relations:
-        raise HskdError("MiniLM relations are [seq x seq] per example and are not cached; "
-                        "distill the minilm recipe from --teacher")
+    refuse_uncacheable(spec)
     out_dir = Path(out_dir)
     work = partial_dir(out_dir)
     rank, world = _dist()

@@ -94,6 +94,8 @@ def serves(manifest: dict) -> str:
         width = "no hidden states"
     elif spec.width == "all":
         width = "any width strategy and fraction"
+    elif spec.width.startswith("uniform"):  # only fractions whose dims are among the stored ones
+        width = f"{spec.width} width at {spec.width_fraction:g}, or a smaller fraction whose dims it stores"
     else:
         width = f"{spec.width} width up to {spec.width_fraction:g}"
     return f"{depth}; {length}; {width}"

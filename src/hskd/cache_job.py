@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from hskd import models
-from hskd.cache import partial_dir, write_cache
+from hskd.cache import partial_dir, refuse_uncacheable, write_cache
 from hskd.config import Settings
 from hskd.data import Collator, load_data, max_length, tokenize
 from hskd.device import precision_dtype
@@ -42,6 +42,7 @@ def make_cache(s: Settings, stop_after_batches: int | None = None) -> dict:
     if not s.output_dir:
         raise HskdError("give --output-dir CACHE_DIR")
     spec = cache_spec(s)
+    refuse_uncacheable(spec)  # before the planner too: --dry-run must not plan what cannot be written
     device = run_device(s)
     out = Path(s.output_dir).expanduser()
     if s.dry_run:

@@ -131,7 +131,10 @@ class Settings:
                            ('search',), minimum=0)
     early_stopping_patience: int | None = opt(None, 'stop a stage once the dev metric has not improved for N '
                                                     'evaluations (the best checkpoint is kept): train "as long as it '
-                                                    'improves" with a large --num-train-epochs', TRAIN, minimum=1)
+                                                    'improves" with a large --num-train-epochs; applies to the '
+                                                    'stages that keep their best dev epoch (not MUD\'s HSK stage or '
+                                                    'IRD\'s internal stages, which have no dev metric of their own)',
+                                              TRAIN, minimum=1)
     max_steps: int | None = opt(None, 'stop each stage after N steps (overrides epochs)', TRAIN, minimum=1)
     save_steps: int | None = opt(None, 'checkpoint every N steps (default: every epoch)', TRAIN, minimum=1)
     logging_steps: int = opt(50, 'log every N steps', TRAIN, minimum=1)

@@ -24,13 +24,13 @@ from hskd.recipes import is_recipe_file, load_recipe
 RECORD = "hskd.json"
 RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache", "device", "seeds",
                "push_to_hub", "hub_model_id",
-               "dataloader_num_workers", "torch_compile", "plugin"}
+               "dataloader_num_workers", "torch_compile", "plugin", "tolerance", "dry_run"}
 # Settings that change the result but came later: left out of the fingerprint at their default,
 # so that runs made before them are still recognised (reused, resumed).
 LATER_DEFAULTS = {"bf16": False, "fp16": False, "gradient_accumulation_steps": 1, "preset": None, "kd_form": None,
                   "kd_reduction": None, "kd_temperature_scaling": None, "pkd_states": None,
                   "hidden_width_loss": None, "attention_kl_average": None, "rank_layer": None, "rank_by": None,
-                  "hsk_lr_scheduler": None}
+                  "hsk_lr_scheduler": None, "storage": None, "early_stopping_patience": None}
 
 
 COMMON = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "labels",

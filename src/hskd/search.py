@@ -168,10 +168,9 @@ def run_search(s, depth: str | None, length: str | None, width: str | None) -> S
 
 def _run_search(s, depth, length, width, seeds, lock) -> SearchResult:
     from hskd import pipeline
-    from hskd.cache import CacheReader
+    from hskd.cache import CacheReader, array_shapes
     from hskd.knowledge import KnowledgeSpec
     from hskd.planner import npy_bytes
-    from hskd.storage import array_dtype, index_dtype, scale_shape
 
     out = Path(s.output_dir).expanduser()
     n_student = pipeline.student_depth(s)
@@ -188,6 +187,14 @@ def _run_search(s, depth, length, width, seeds, lock) -> SearchResult:
     data = pipeline.load_data(s)
     max_len = pipeline.max_length(s, data)
     length_strategy = s.length_strategy or "attention"
+    # checked before the first run, not when a rung is reached after hours of training
+    too_long = [t for t in lengths if t is not None and t > max_len]
+    if too_long:
+        raise HskdError(f"--length {too_long[0]} is longer than the {max_len} tokens of an example "
+                        f"(--max-seq-length): use token counts up to {max_len}")
+    if length_strategy in ("cls", "all") and len(lengths) > 1:
+        raise HskdError(f"--length-strategy {length_strategy} ignores the token count, so every --length rung "
+                        "is the same budget: give --length all, or a ranking strategy (attention, left)")
     big = KnowledgeSpec(logits=True, hidden=True, depth=s.depth_strategy or "uniform", layers=top, t_top=s.t_top,
                         length=length_strategy, tokens=max_len, width="all",
                         rank_layer=s.rank_layer or "mapped", rank_by=s.rank_by or "probs")
@@ -222,13 +229,10 @@ def _run_search(s, depth, length, width, seeds, lock) -> SearchResult:
         """Bytes on disk of a cache made at this budget alone, in the cache's storage."""
         spec = spec_of(p)
         plan = spec.resolve(n_student, m["teacher_layers"])
-        tokens, w = plan.tokens(max_len), plan.width(d)
-        hidden = (rows, len(plan.pairs), tokens, w)
-        total = npy_bytes((rows, m["num_labels"]), "float32") + npy_bytes(hidden[:3], index_dtype(max_len - 1))
-        total += npy_bytes(hidden, array_dtype(reader.storage))
-        if scale_shape(reader.storage, hidden):
-            total += npy_bytes(scale_shape(reader.storage, hidden), "float16")
-        return total
+        # the writer's own arrays (dim_index too, for magnitude width), as the planner counts them
+        shapes = array_shapes(spec, len(plan.pairs), rows, m["num_labels"], plan.tokens(max_len), plan.width(d), d,
+                              m.get("teacher_heads") or 1, max_len, reader.storage)
+        return sum(npy_bytes(shape, dtype) for shape, dtype in shapes.values())
 
     result = search_minimum(evaluate, cost, depths, lengths, widths, seeds, s.tolerance)
     grid = len(depths) * len(lengths) * len(widths) * len(seeds)  # the full grid's runs, for comparison

@@ -9,7 +9,7 @@ storage    bytes/val extra array                            error bound (per val
 ========== ========= ====================================== ==========================================
 fp16       2         —                                      ≤ 2⁻¹¹·|x| (round to nearest)
 bf16       2         —                                      ≤ 2⁻⁸·|x|
-int8       1         ``hidden_scale`` fp16 per token row    ≤ s/2 + 2⁻¹¹·|x|, s = max|row| / 127
+int8       1         ``hidden_scale`` fp16 per token row    ≤ s/2 + 2⁻¹¹·|x|, s = max|row| / 127 (†)
                      ``[rows, pairs, tokens]``
 int8-dim   1         ``hidden_scale`` fp16 per dimension    ≤ s/2 + 2⁻¹¹·|x|, s = max over the
                      ``[rows, pairs, width]``               example's tokens of |x_dim| / 127
@@ -20,6 +20,10 @@ fp8        1         —                                      ≤ 2⁻⁴·|x| f
 numpy has no bf16 or fp8 dtype, so those are stored as the raw bits (``int16``, ``uint8``) and
 viewed back as ``torch.bfloat16`` / ``torch.float8_e4m3fn`` when read. fp8 values beyond ±448
 are clipped to ±448 (hidden states of BERT-family models stay well inside it).
+
+(†) The int8 scales are fp16, kept within its normal range: s is at least 2⁻¹⁴ (so a row whose
+largest value is below 127·2⁻¹⁴ ≈ 7.8e-3 is stored to 2⁻¹⁵ absolute, not relative, error) and
+at most 65504 (values beyond ±127·65504 ≈ ±8.3e6 are clipped).
 
 Indices use the smallest signed integer type that holds them (:func:`index_dtype`).
 """
@@ -33,6 +37,7 @@ from hskd.errors import HskdError
 
 STORAGES = ("fp16", "bf16", "int8", "int8-dim", "fp8")
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP16_TINY, FP16_MAX = 2.0 ** -14, 65504.0  # the smallest normal and the largest finite float16
 # int8 gave the same dev predictions as fp16 on MRPC, CoLA and SST-2 (3 seeds each) at half the
 # bytes: docs/RESULTS.md, issue 15
 DEFAULT_STORAGE = "int8"
@@ -101,9 +106,10 @@ def encode(values: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
         axis = -1 if storage == "int8" else -2  # over a token row's dims, or a dim's tokens
         # the scale is rounded to fp16 first, so that the decoder multiplies by exactly the
         # scale the values were divided by
-        scale = (x.abs().amax(dim=axis, keepdim=True) / 127).to(torch.float16)
-        safe = torch.where(scale > 0, scale.float(), torch.ones_like(scale, dtype=torch.float32))
-        out["hidden"] = (x / safe).round().clamp(-127, 127).to(torch.int8)
+        # scale, and within fp16's normal range: a subnormal scale would lose its relative
+        # precision, an infinite one would decode to NaN
+        scale = (x.abs().amax(dim=axis, keepdim=True) / 127).clamp(FP16_TINY, FP16_MAX).to(torch.float16)
+        out["hidden"] = (x / scale.float()).round().clamp(-127, 127).to(torch.int8)
         out["hidden_scale"] = scale.squeeze(axis)
     return out
 

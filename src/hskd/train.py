@@ -225,6 +225,9 @@ def training_arguments(stage_dir: Path, stage: Stage, task: TaskSpec, s, select:
         accelerator_config={"non_blocking": device.type == "cuda"},  # batches arrive without a host wait
         torch_compile=s.torch_compile,
         logging_nan_inf_filter=False,  # its isnan test on the loss is a host sync every step
+        # --resume keeps early stopping's patience count, so a resumed run stops where an
+        # uninterrupted one would
+        restore_callback_states_from_checkpoint=bool(s.early_stopping_patience),
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type != "cuda":
         kwargs["ddp_backend"] = "gloo"
