@@ -21,7 +21,6 @@ from numpy.lib.format import dtype_to_descr, write_array_header_1_0
 from hskd.cache import array_shapes
 from hskd.data import Collator
 from hskd.device import precision_dtype
-from hskd.errors import HskdError
 from hskd.knowledge import KnowledgeSpec, extract
 from hskd.models import model_inputs, needs_eager_attention
 from hskd.selectors import SHARED_WIDTH, width_index
@@ -68,8 +67,6 @@ def plan_cache(s, job, device: torch.device, out: Path, timing_batches: int = 3)
     """
     plan, spec, config, ds = job.plan, job.plan.spec, job.teacher.config, job.dataset
     rows, d = len(ds), config.hidden_size
-    if rows == 0:
-        raise HskdError("the training set has no rows: nothing to cache; check --train-file or --max-train-samples")
     width = plan.width(d) if spec.hidden else 0
     shapes = array_shapes(spec, len(plan.pairs), rows, config.num_labels, plan.tokens(job.max_len), width, d,
                           config.num_attention_heads, job.max_len, job.storage)

@@ -231,7 +231,7 @@ def _run_search(s, depth, length, width, seeds, lock) -> SearchResult:
         plan = spec.resolve(n_student, m["teacher_layers"])
         # the writer's own arrays (dim_index too, for magnitude width), as the planner counts them
         shapes = array_shapes(spec, len(plan.pairs), rows, m["num_labels"], plan.tokens(max_len), plan.width(d), d,
-                              m.get("teacher_heads") or 1, max_len, reader.storage)
+                              m["teacher_heads"], max_len, reader.storage)
         return sum(npy_bytes(shape, dtype) for shape, dtype in shapes.values())
 
     result = search_minimum(evaluate, cost, depths, lengths, widths, seeds, s.tolerance)

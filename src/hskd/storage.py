@@ -105,9 +105,8 @@ def encode(values: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
     else:
         axis = -1 if storage == "int8" else -2  # over a token row's dims, or a dim's tokens
         # the scale is rounded to fp16 first, so that the decoder multiplies by exactly the
-        # scale the values were divided by
-        # scale, and within fp16's normal range: a subnormal scale would lose its relative
-        # precision, an infinite one would decode to NaN
+        # scale the values were divided by, and kept within fp16's normal range: a subnormal
+        # scale would lose its relative precision, an infinite one would decode to NaN
         scale = (x.abs().amax(dim=axis, keepdim=True) / 127).clamp(FP16_TINY, FP16_MAX).to(torch.float16)
         out["hidden"] = (x / scale.float()).round().clamp(-127, 127).to(torch.int8)
         out["hidden_scale"] = scale.squeeze(axis)
