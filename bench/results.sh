@@ -51,6 +51,27 @@ step() {
                   $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-full --recipe mud --knowledge "$k" \
                     --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 --output-dir "mrpc12/mud-$k" --quiet
                 done ;;
+    mrpc12-ird) # Aguilar's three schedules on MRPC, 3 seeds: 1 internal epoch in all (every layer at once;
+                # 3 x 0.34 epoch layer by layer), then 2 prediction epochs
+                for s in all progressive stacked; do e=1; [ "$s" = all ] || e=0.34
+                  $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe ird --ird-schedule $s \
+                    --stage-epochs $e --num-train-epochs 2 --seeds 42,43,44 --output-dir "mrpc12/ird-$s" --quiet
+                done ;;
+    cola12-budgets) # MUD's budget table on CoLA, teacher-free, 3 seeds, 3 HSK + 3 prediction epochs
+                $H cache --task CoLA --data-dir "$G" --teacher cola12/teacher --knowledge 4l_64t --student-layers 3 \
+                  --output-dir cola12/cache-full --quiet
+                for k in 4l_64t 1l_10t_0.1h 4l_10t_0.1h 1l_64t 4l_10t 4l_64t_0.1h; do
+                  $H distill --task CoLA --data-dir "$G" --cache cola12/cache-full --recipe mud --knowledge "$k" \
+                    --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir "cola12/mud-$k" --quiet
+                done ;;
+    sst2-10k-budgets) # MUD's budget table on SST-2's first 10,000 rows (after sst2-10k-ird), 1 + 1 epochs
+                N="--max-train-samples 10000"
+                $H cache --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --knowledge 4l_64t \
+                  --student-layers 3 --output-dir sst2-10k/cache-full --quiet
+                for k in 4l_64t 1l_10t_0.1h 4l_10t_0.1h 1l_64t 4l_10t 4l_64t_0.1h; do
+                  $H distill --task SST-2 --data-dir "$G" $N --cache sst2-10k/cache-full --recipe mud --knowledge "$k" \
+                    --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 --output-dir "sst2-10k/mud-$k" --quiet
+                done ;;
     mrpc-mud)   # one cache with every layer and every token (ranked by [CLS] attention), then budgets by slicing
                 $H cache --task MRPC --data-dir "$G" --teacher mrpc/teacher --knowledge 4l_128t --student-layers 3 \
                   --output-dir mrpc-cache --quiet | tee mrpc-cache.txt
