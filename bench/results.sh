@@ -32,7 +32,8 @@ step() {
                   --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/mud-hskd --quiet
                 $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-mud --preset mud --knowledge 1l_10t_0.1h \
                   --hsk-epochs 3 --num-train-epochs 3 --student-learning-rate 1e-4 --hsk-learning-rate 1e-4 \
-                  --save-steps 115 --seeds 42,43,44 --output-dir mrpc12/mud-preset --quiet ;;
+                  --save-steps 115 --hsk-padding exclude --seeds 42,43,44 --output-dir mrpc12/mud-preset --quiet ;;
+                # (--hsk-padding exclude: the preset gained padding later; these runs were made without it)
     mrpc12-finetune) $H finetune --task MRPC --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir mrpc12/student-finetune --quiet ;;
     mrpc12-pkd) # PKD's table on MRPC, 3 seeds: KD, PKD-Skip, PKD-Last (FT: step mrpc12-finetune)

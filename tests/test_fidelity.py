@@ -218,10 +218,14 @@ def test_presets_set_the_official_values_and_flags_win():
     assert (s.student_learning_rate, s.num_train_epochs, s.temperature, s.alpha) == (2e-5, 5.0, 1.0, 1.0)
     assert (s.kd_form, s.kd_reduction, s.kd_temperature_scaling) == ("soft_ce", "mean", "none")
     assert (s.rank_layer, s.rank_by, s.hidden_width_loss, s.save_steps) == ("full-depth", "scores", "zeroed", 50)
+    assert s.hsk_padding == "include"
     from hskd.recipes import knowledge_spec
 
     assert knowledge_spec(resolve({"preset": "mud", "knowledge": "1l_10t_0.1h"}, None, recipe_defaults)).width \
         == "uniform-stride"
+    mud_spec = knowledge_spec(resolve({"preset": "mud", "knowledge": "1l_10t_0.1h", "width_strategy": "magnitude"},
+                                      None, recipe_defaults))
+    assert (mud_spec.width, mud_spec.padding) == ("magnitude-batch", "include")
     assert resolve({"preset": "mud", "task": "STS-B"}, None, recipe_defaults).alpha == 0.0  # MSE to gold
     assert resolve({"preset": "mud", "task": "SST-2", "hsk_epochs": 2.0}, None, recipe_defaults).hsk_epochs == 2.0
     pkd = resolve({"preset": "pkd", "recipe": "pkd-last"}, None, recipe_defaults)
@@ -287,8 +291,8 @@ def test_tinybert_two_stage_recipe_distills_attention_scores_online_and_from_the
     record = json.loads((tmp_path / "online" / "hskd.json").read_text())
     assert [st["stage"] for st in record["stages"]] == ["intermediate", "prediction"]
     assert record["knowledge"]["attention_scores"] is True
-    assert run_cli("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--recipe",
-                   "tinybert-2stage", "--student-layers", "2", "--quiet", "--output-dir", tmp_path / "cache") == 0
+    assert run_cli("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--preset",
+                   "tinybert", "--student-layers", "2", "--quiet", "--output-dir", tmp_path / "cache") == 0
     assert run_cli("distill", *common, "--cache", tmp_path / "cache", "--output-dir", tmp_path / "cached") == 0
     online = json.loads((tmp_path / "online" / "hskd.json").read_text())["stages"][0]["train_loss"]
     cached = json.loads((tmp_path / "cached" / "hskd.json").read_text())["stages"][0]["train_loss"]
@@ -355,3 +359,147 @@ def test_early_stopping_ends_a_stage_once_dev_stops_improving(tmp_path, tiny_glu
                    "--early-stopping-patience", "2", "--quiet", "--output-dir", out) == 0
     stage = json.loads(next(out.glob("checkpoints/**/stage.json")).read_text())
     assert stage["max_steps"] == 16 and stage["global_step"] == 6  # epochs 2 and 3 did not improve on epoch 1
+
+
+def _padded_batch(teacher):
+    # static padding to 7 positions (MUD and TinyBERT pad every example to max_seq_length)
+    ids = torch.tensor([[2, 7, 9, 11, 6, 3, 0], [2, 5, 3, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    return ids, mask, out
+
+
+def test_hidden_mse_counts_padding_as_tinybert_and_mud_do():
+    # TinyBERT (task_distill.py) and MUD (main.py): rep loss = sum over mapped layers of MSELoss
+    # over the whole padded tensor [batch, max_seq_length, d], padding positions included, the
+    # teacher's own states at those positions as targets.
+    teacher = _tiny_teacher()
+    ids, mask, out = _padded_batch(teacher)
+    plan = KnowledgeSpec(hidden=True, depth="uniform", length="all", padding="include").resolve(3, 3)
+    k = extract(plan, out, {"input_ids": ids, "attention_mask": mask}, teacher=teacher)
+    assert bool(k.token_mask.all())
+    g = torch.Generator().manual_seed(11)
+    near = torch.stack([out.hidden_states[t] for _, t in plan.pairs], 1)  # close to the teacher where real,
+    student = near + 0.1 * torch.randn(near.shape, generator=g) + (1 - mask)[:, None, :, None]  # off at padding
+    official = sum(F.mse_loss(student[:, p], out.hidden_states[t]) for p, (_, t) in enumerate(plan.pairs))
+    x = LossInputs(logits=None, labels=None, knowledge=k, student_hidden=student)
+    _close(LOSSES["hidden_mse"](CTX, 1.0)(x), official)
+    # hskd's default leaves the 5 padded positions of row 2 out, and its value differs
+    default = extract(KnowledgeSpec(hidden=True, length="all").resolve(3, 3), out,
+                      {"input_ids": ids, "attention_mask": mask}, teacher=teacher)
+    assert int((~default.token_mask).sum()) == 5 * len(plan.pairs)
+    x = LossInputs(logits=None, labels=None, knowledge=default, student_hidden=student)
+    assert not math.isclose(float(LOSSES["hidden_mse"](CTX, 1.0)(x)), float(official), rel_tol=1e-3)
+
+
+def test_left_and_attention_length_may_choose_padding_as_muds_code_does():
+    # MUD (main.py, token_scheme left_first): rep[:, :k], padding or not. token_scheme attention:
+    # topk over the head-averaged [CLS] attention, whose padded keys are 0 after the masked
+    # softmax, so an example shorter than k gets its real tokens by rank, then padding positions.
+    teacher = _tiny_teacher()
+    ids, mask, out = _padded_batch(teacher)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    left = extract(KnowledgeSpec(hidden=True, length="left", tokens=5, padding="include").resolve(3, 3),
+                   out, batch, teacher=teacher)
+    assert left.token_index[1, 0].tolist() == [0, 1, 2, 3, 4] and bool(left.token_mask.all())
+    t = left.token_index.new_tensor([t for _, t in KnowledgeSpec(hidden=True).resolve(3, 3).pairs])
+    for p, layer in enumerate(t.tolist()):
+        assert torch.allclose(left.hidden[:, p], out.hidden_states[layer][:, :5])  # padding states kept
+    spec = KnowledgeSpec(hidden=True, length="attention", tokens=5, padding="include")
+    att = extract(spec.resolve(3, 3), out, batch, teacher=teacher)
+    for p, (_, layer) in enumerate(spec.resolve(3, 3).pairs):
+        probs = out.attentions[max(layer - 1, 0)].mean(1)[1, 0]  # example 2's [CLS] row, padded keys 0
+        official = probs.argsort(descending=True, stable=True)[:5]  # ties (padding) in position order
+        assert att.token_index[1, p].tolist() == official.tolist()
+        assert att.token_index[1, p, 3:].tolist() == [3, 4] and bool(att.token_mask[1, p].all())
+    # hskd's default never chooses padding: the 2 slots past the 3 real tokens are unfilled
+    default = extract(KnowledgeSpec(hidden=True, length="left", tokens=5).resolve(3, 3), out, batch, teacher=teacher)
+    assert default.token_mask[1, 0].tolist() == [True, True, True, False, False]
+
+
+def test_magnitude_width_thresholds_over_the_batch_as_muds_code_does():
+    # MUD (main.py, importance_mask_dynamic): per mapped layer, over the whole tensor [batch,
+    # tokens, d]: n = int(f · numel); threshold = the n-th largest |h|; keep |h| >= threshold
+    # (ties kept); the teacher's other entries set to 0; MSE against the student's whole vector.
+    teacher = _tiny_teacher()
+    ids = torch.tensor([[2, 7, 9, 11, 6], [2, 5, 3, 8, 4]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    # round the states so that ties straddle the threshold
+    states = tuple((h * 4).round() / 4 for h in out.hidden_states)
+    out.hidden_states = states
+    f = 0.3
+    spec = KnowledgeSpec(hidden=True, length="all", width="magnitude-batch", width_fraction=f)
+    plan = spec.resolve(3, 3)
+    k = extract(plan, out, {"input_ids": ids, "attention_mask": mask}, teacher=teacher)
+    assert k.dim_index is None and spec.kept_width(16) == 16
+    g = torch.Generator().manual_seed(12)
+    student = torch.randn(2, len(plan.pairs), 5, 16, generator=g)
+    official, ties = 0.0, 0
+    for p, (_, t) in enumerate(plan.pairs):
+        rep = states[t]
+        n = int(f * rep.nelement())
+        threshold = rep.abs().view(-1).topk(n)[0][-1]
+        keep = rep.abs() >= threshold
+        ties += int(keep.sum()) - n
+        official = official + F.mse_loss(student[:, p], rep * keep)
+    assert ties > 0  # the test exercises MUD's keeping of ties
+    x = LossInputs(logits=None, labels=None, knowledge=k, student_hidden=student)
+    _close(LOSSES["hidden_mse"](CTX, 1.0)(x), official)
+    from hskd.cache import refuse_uncacheable
+
+    with pytest.raises(HskdError, match="not cached"):
+        refuse_uncacheable(spec)
+
+
+def test_tinybert_attention_score_mse_counts_padded_rows_and_keys():
+    # TinyBERT (task_distill.py): MSELoss over the whole [batch, heads, seq, seq] score tensor of
+    # each mapped layer, masked entries (<= -1e2 after adding the mask) set to 0 on both sides.
+    from hskd.models import attention_scores
+
+    teacher = _tiny_teacher()
+    ids, mask, out = _padded_batch(teacher)
+    with torch.no_grad():
+        t_scores = attention_scores(teacher, out.hidden_states, mask, [0, 1, 2])
+    g = torch.Generator().manual_seed(13)
+    keys = mask[:, None, None, None, :].float()
+    s_scores = (t_scores + 0.3 * torch.randn(t_scores.shape, generator=g)) * keys  # student side zeroed too
+    official = sum(F.mse_loss(s_scores[:, p], t_scores[:, p]) for p in range(3))
+    pairs = ((1, 1), (2, 2), (3, 3))
+    k = Knowledge(attentions=t_scores, token_mask=torch.ones(2, 3, 7, dtype=torch.bool))
+    x = LossInputs(logits=None, labels=None, knowledge=k, student_attentions=s_scores, attention_mask=mask,
+                   layer_pairs=pairs, include_padding=True)
+    term = LOSSES["attention_mse"](TermContext(student_hidden=16, student_heads=2, teacher_heads=2), 1.0)
+    _close(term(x), official)
+    x.include_padding = False
+    assert not math.isclose(float(term(x)), float(official), rel_tol=1e-3)
+
+
+def test_padding_included_online_and_from_a_cache_and_a_mismatched_cache_is_refused(tmp_path, tiny_glue,
+                                                                                   tiny_teacher, capsys):
+    import json
+
+    import numpy as np
+
+    from tests.conftest import TINY, run_cli
+
+    common = ("--task", "SST-2", "--data-dir", tiny_glue, "--student-model", tiny_teacher, "--student-layers", "2",
+              "--recipe", "mud", "--knowledge", "2l_9t", "--max-seq-length", "10", "--hsk-epochs", "1",
+              "--hsk-padding", "include", *TINY)
+    assert run_cli("distill", *common, "--teacher", tiny_teacher, "--output-dir", tmp_path / "online") == 0
+    cache = ("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--knowledge", "2l_9t",
+             "--max-seq-length", "10", "--student-layers", "2", "--quiet")  # examples of 7 tokens: 2 padded slots
+    assert run_cli(*cache, "--hsk-padding", "include", "--output-dir", tmp_path / "cache") == 0
+    assert run_cli(*cache, "--output-dir", tmp_path / "cache-default") == 0
+    index = np.load(tmp_path / "cache" / "token_index.npy")
+    assert (index >= 0).all() and (np.load(tmp_path / "cache-default" / "token_index.npy") < 0).any()
+    assert run_cli("distill", *common, "--cache", tmp_path / "cache", "--output-dir", tmp_path / "cached") == 0
+    online = json.loads((tmp_path / "online" / "hskd.json").read_text())["stages"][0]["train_loss"]
+    cached = json.loads((tmp_path / "cached" / "hskd.json").read_text())["stages"][0]["train_loss"]
+    assert math.isclose(online, cached, rel_tol=1e-2)  # the same padded knowledge either way
+    capsys.readouterr()
+    assert run_cli("distill", *common, "--cache", tmp_path / "cache-default", "--output-dir", tmp_path / "bad") == 2
+    assert "--hsk-padding exclude, not include" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -40,7 +40,7 @@ from hskd.errors import HskdError
 from hskd.files import read_json, write_atomic, write_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention
-from hskd.selectors import SHARED_WIDTH, width_index
+from hskd.selectors import SHARED_WIDTH, WIDTH, width_index
 from hskd.storage import DEFAULT_STORAGE, array_dtype, encode, index_dtype, scale_shape
 from hskd.tasks import sha256_file
 
@@ -60,10 +60,14 @@ def barrier() -> None:
 
 
 def refuse_uncacheable(spec: KnowledgeSpec) -> None:
-    """Raises HskdError for knowledge a cache cannot hold (MiniLM's relations), before any work."""
+    """Raises HskdError for knowledge a cache cannot hold (MiniLM's relations, a width chosen
+    over the whole batch), before any work."""
     if spec.relations:
         raise HskdError("MiniLM relations are [seq x seq] per example and are not cached; "
                         "distill the minilm recipe from --teacher")
+    if getattr(WIDTH.get(spec.width), "keeps_mask", False):
+        raise HskdError(f"width {spec.width!r} depends on each batch's other examples and is not cached; "
+                        "distill from --teacher, or use --width-strategy magnitude (per token)")
 
 
 def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,

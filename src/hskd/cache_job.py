@@ -13,7 +13,7 @@ import torch
 from hskd import models
 from hskd.cache import partial_dir, refuse_uncacheable, write_cache
 from hskd.config import Settings
-from hskd.data import Collator, load_data, max_length, tokenize
+from hskd.data import Collator, knowledge_pad_to, load_data, max_length, tokenize
 from hskd.device import precision_dtype
 from hskd.errors import HskdError
 from hskd.job_inputs import cache_fingerprint, needs_eager, run_device, run_environment, student_depth
@@ -64,7 +64,8 @@ def _make_cache(s: Settings, spec, device, out: Path, stop_after_batches: int | 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")  # each rank writes a disjoint range of rows
     job.teacher.to(device=device, dtype=precision_dtype(s.bf16, s.fp16))
-    return write_cache(out, job.teacher, job.dataset, Collator(job.tokenizer), job.plan, job.fingerprint,
+    collator = Collator(job.tokenizer, knowledge_pad_to(job.plan.spec, job.max_len))
+    return write_cache(out, job.teacher, job.dataset, collator, job.plan, job.fingerprint,
                        job.tokenizer.sep_token_id, job.max_len, batch_size=s.eval_batch_size,
                        stop_after_batches=stop_after_batches, progress=not s.quiet,
                        environment=run_environment(s), storage=job.storage, command=command_line())

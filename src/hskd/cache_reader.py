@@ -109,6 +109,8 @@ class CacheReader:
             raise HskdError(f"{where} holds {kinds[have.attention_scores]}, not {kinds[want.attention_scores]}{fix}")
         if (want.hidden and not have.hidden) or (want.attentions and not have.attentions):
             raise HskdError(f"{where} holds no {'hidden states' if want.hidden else 'attentions'}{fix}")
+        if (want.hidden or want.attentions) and want.padding != have.padding:
+            raise HskdError(f"{where} was written with --hsk-padding {have.padding}, not {want.padding}{fix}")
         missing = [p for p in pairs if p not in self.pairs]
         if missing:
             raise HskdError(f"{where} lacks layer pairs {missing} (it has {self.pairs}){fix}")

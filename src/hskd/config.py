@@ -113,6 +113,9 @@ class Settings:
                                        "att_ttop12)", DIST, choices=('mapped', 'full-depth'))
     rank_by: str | None = opt(None, 'attention length: rank by probabilities (default) or pre-softmax scores (MUD)',
                               DIST, choices=('probs', 'scores'))
+    hsk_padding: str | None = opt(None, 'hidden-state knowledge: leave padding out (exclude, default) or pad to the '
+                                        'max length and count padding positions in selection and MSE (include: '
+                                        'MUD, TinyBERT)', DIST, choices=('exclude', 'include'))
     hsk_lr_scheduler: str | None = opt(None, 'mud: learning-rate schedule of the HSK stage: linear (default) or '
                                              'constant (MUD)', STUDENT, choices=('linear', 'constant'))
     # optimisation

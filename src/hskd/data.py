@@ -31,11 +31,13 @@ def tokenize(dataset, tokenizer, max_seq_length: int):
 
 
 class Collator:
-    """Pads a list of examples to the longest in the batch and returns tensors: the model
-    inputs ``[batch, seq]``, ``labels [batch]`` and ``example_id [batch]``."""
+    """Pads a list of examples to the longest in the batch (or to ``pad_to`` tokens: the
+    static padding of MUD's and TinyBERT's code, for ``--hsk-padding include``) and returns
+    tensors: the model inputs ``[batch, seq]``, ``labels [batch]`` and ``example_id [batch]``."""
 
-    def __init__(self, tokenizer):
-        self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    def __init__(self, tokenizer, pad_to: int | None = None):
+        padding = {"padding": "max_length", "max_length": pad_to} if pad_to else {}
+        self.pad = DataCollatorWithPadding(tokenizer, return_tensors="pt", **padding)
 
     def __call__(self, features: list[dict]) -> dict:
         keep = (*MODEL_INPUTS, "labels", "example_id")
@@ -78,3 +80,9 @@ def max_length(s, data: TaskData) -> int:
     """``--max-seq-length``, or the task's default (64 single sentences, 128 pairs)."""
     return s.max_seq_length or data.task.max_seq_length
 
+
+
+def knowledge_pad_to(spec, max_len: int) -> int | None:
+    """The static padding a knowledge spec needs: ``max_len`` when it counts padding positions
+    (``padding: include``), else ``None`` (per-batch padding)."""
+    return max_len if spec is not None and spec.padding == "include" else None

@@ -15,7 +15,7 @@ from transformers import set_seed
 from hskd import models
 from hskd.cache import CacheReader, barrier
 from hskd.config import Settings
-from hskd.data import Collator, load_data, max_length, tokenize
+from hskd.data import Collator, knowledge_pad_to, load_data, max_length, tokenize
 from hskd.device import precision_dtype
 from hskd.errors import HskdError
 from hskd.evaluation import evaluate_model
@@ -149,13 +149,13 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
     barrier()  # under torchrun, the other ranks wait for rank 0's directory
     wrapper = DistillationModel(student, teacher_hidden, plan)
     wrapper.add_terms([stage.objective for stage in stages])
-    source = None
+    source, pad_to = None, knowledge_pad_to(spec, max_len)
     if spec is not None:
         teacher_data = tokenize(data.train, teacher_tok, max_len) if cross and not reader else None
         source = CachedKnowledge(reader, plan) if reader else OnlineTeacher(
             teacher, plan, student_tok.sep_token_id, device=device, dtype=precision_dtype(s.bf16, s.fp16),
-            teacher_data=teacher_data, teacher_collator=Collator(teacher_tok) if teacher_data is not None else None)
-    collator = Collator(student_tok)
+            teacher_data=teacher_data, teacher_collator=Collator(teacher_tok, pad_to) if teacher_data is not None else None)
+    collator = Collator(student_tok, pad_to)
     stage_results = []
     for i, stage in enumerate(stages):
         stage_dir = out / "checkpoints" / f"{i:02d}-{stage.name}"

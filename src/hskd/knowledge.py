@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from hskd.errors import HskdError
-from hskd.selectors import DEPTH, LENGTH, WIDTH, select_dims, width_index  # noqa: F401 - re-exported
+from hskd.selectors import DEPTH, LENGTH, WIDTH, select_dims, width_index, width_keep_mask  # noqa: F401 - re-exported
 
 
 # ------------------------------------------------------------------------------------ spec
@@ -40,7 +40,8 @@ class KnowledgeSpec:
         layer_map: ``[[student, teacher], ...]`` for ``depth: list``.
         length: ``all``, ``cls``, ``left``, ``attention`` or ``attention-no-sep``.
         tokens: k for ``left`` and the attention strategies.
-        width: ``all``, ``uniform``, ``random`` or ``magnitude``.
+        width: ``all``, ``uniform``, ``random`` or ``magnitude``; MUD's code's forms
+            ``uniform-stride``, ``random-bernoulli`` and ``magnitude-batch`` (online only).
         width_fraction: kept fraction of the hidden size, in (0, 1].
         seed: seed of the ``random`` width selector.
         relations: MiniLM's self-attention relations of the teacher's last layer (attention
@@ -55,6 +56,10 @@ class KnowledgeSpec:
             ``Q·Kᵀ/√d_head`` (masked keys 0) instead of probabilities, recomputed from each
             layer's input on both sides (no eager attention needed). The embedding pair (0) is
             kept for the hidden states; attention terms skip it.
+        padding: ``exclude`` (default) leaves padding out of selection and losses;
+            ``include`` is MUD's and TinyBERT's form: batches padded to the max length, the
+            length selectors may choose padding positions, and the hidden and attention-score
+            MSEs count every position (``MSELoss`` over the padded tensor).
     """
 
     logits: bool = True
@@ -73,8 +78,11 @@ class KnowledgeSpec:
     rank_layer: str = "mapped"
     rank_by: str = "probs"
     attention_scores: bool = False
+    padding: str = "exclude"
 
     def __post_init__(self):
+        if self.padding not in ("exclude", "include"):
+            raise HskdError(f"padding is exclude or include (got {self.padding!r})")
         if self.attention_scores and not self.attentions:
             raise HskdError("attention_scores is a form of attention knowledge: set attentions too")
         if self.rank_layer not in ("mapped", "full-depth") or self.rank_by not in ("probs", "scores"):
@@ -156,6 +164,8 @@ class KnowledgeSpec:
         (``random-bernoulli``)."""
         if self.width == "uniform-stride":
             return max(1, int(self.width_fraction * hidden_size))
+        if getattr(WIDTH.get(self.width), "keeps_mask", False):
+            return hidden_size  # every dim is compared; the unkept entries of the target are 0
         if self.width == "random-bernoulli":
             from hskd.selectors import bernoulli_uniforms
 
@@ -305,14 +315,16 @@ def extract(plan: Plan, teacher_outputs, batch: dict, sep_token_id: int | None =
                 raise HskdError("ranking tokens by pre-softmax scores needs BERT-style self-attention in the teacher")
             rows = _stack_layers(teacher_outputs.attentions, rank_layers)
             cls_rows = rows.mean(2)[:, :, 0, :]
+    extra = {"include_padding": True} if spec.padding == "include" else {}  # plugins need not know it
     index, token_mask = LENGTH[spec.length](
         attention_mask=mask, k=spec.tokens, pairs=len(pairs), cls_attention=cls_rows,
-        input_ids=batch["input_ids"], sep_token_id=sep_token_id)
+        input_ids=batch["input_ids"], sep_token_id=sep_token_id, **extra)
     knowledge.token_index, knowledge.token_mask = index, token_mask
     if spec.hidden:
         states = _take_tokens(_stack_layers(teacher_outputs.hidden_states, [t for _, t in pairs]), index)
         dim_index = width_index(spec, states)
-        values = select_dims(states, dim_index) * token_mask[..., None]
+        keep = width_keep_mask(spec, states, token_mask)
+        values = select_dims(states, dim_index) * (token_mask[..., None] if keep is None else keep)
         knowledge.hidden, knowledge.dim_index = values.detach(), dim_index
     if spec.attentions:
         rows = index.clamp(max=mask.size(1) - 1)

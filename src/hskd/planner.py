@@ -19,7 +19,7 @@ import torch
 from numpy.lib.format import dtype_to_descr, write_array_header_1_0
 
 from hskd.cache import array_shapes
-from hskd.data import Collator
+from hskd.data import Collator, knowledge_pad_to
 from hskd.device import precision_dtype
 from hskd.knowledge import KnowledgeSpec, extract
 from hskd.models import model_inputs, needs_eager_attention
@@ -107,7 +107,7 @@ def _time_extraction(s, job, device: torch.device, batches: int) -> tuple[float,
     spec = job.plan.spec
     rows, size = len(job.dataset), min(s.eval_batch_size, len(job.dataset))
     starts = np.linspace(0, rows - size, num=batches + 1).astype(int)
-    collate = Collator(job.tokenizer)
+    collate = Collator(job.tokenizer, knowledge_pad_to(spec, job.max_len))
     seconds, timed = 0.0, 0
     for i, lo in enumerate(starts):
         batch = collate([job.dataset[int(j)] for j in range(lo, lo + size)])

@@ -20,13 +20,16 @@ PRESETS: dict[str, dict] = {
         "source": "llyx97/Marginal-Utility-Diminishes (Liu et al. 2021): HSK stage, then prediction stage",
         "recipes": {"mud": "mud"},
         # the official selectors behind hskd's width strategy names
-        "width_strategies": {"uniform": "uniform-stride", "random": "random-bernoulli"},
+        "width_strategies": {"uniform": "uniform-stride", "random": "random-bernoulli",
+                             "magnitude": "magnitude-batch"},
         "settings": {
             # HSK stage: constant lr 5e-5, per-task epochs; whole vectors with unkept dims zeroed
             "hsk_learning_rate": 5e-5, "hsk_lr_scheduler": "constant", "hsk_epochs": _MUD_HSK_EPOCHS,
             "hidden_width_loss": "zeroed",
             # attention length: pre-softmax [CLS] scores of the layer the T_top = 12 map gives (att_ttop12)
             "rank_layer": "full-depth", "rank_by": "scores",
+            # static padding to the max length; padding positions selectable and counted in the MSE
+            "hsk_padding": "include",
             # prediction stage: lr 2e-5, 5 epochs, soft cross-entropy at T = 1 over batch x classes, no T²,
             # evaluated every 50 steps; STS-B trains on the gold score (MSE) instead
             "student_learning_rate": 2e-5, "num_train_epochs": 5.0, "warmup_ratio": 0.0, "temperature": 1.0,
@@ -54,6 +57,8 @@ PRESETS: dict[str, dict] = {
         "settings": {
             # intermediate-layer stage (no --pred_distill): constant lr 5e-5, 10 epochs (the README)
             "hsk_learning_rate": 5e-5, "hsk_epochs": 10.0, "hsk_lr_scheduler": "constant",
+            # static padding to max_seq_length; MSELoss over every position, padding included
+            "hsk_padding": "include",
             # prediction stage: lr 3e-5, 3 epochs, soft cross-entropy at T = 1 over batch x classes, no T²;
             # regression (STS-B) on the gold score
             "student_learning_rate": 3e-5, "num_train_epochs": 3.0, "temperature": 1.0,

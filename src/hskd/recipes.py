@@ -140,15 +140,16 @@ def evaluate(expr, s):
 def knowledge_spec(s) -> KnowledgeSpec:
     """MUD's ``--knowledge`` as a spec: a budget string with the strategy flags, or a mapping
     (the YAML form). Soft labels are always included."""
+    padding = {"padding": s.hsk_padding} if getattr(s, "hsk_padding", None) else {}
     if isinstance(s.knowledge, dict):
-        return KnowledgeSpec.from_dict({**s.knowledge, "logits": True})
+        return KnowledgeSpec.from_dict({**s.knowledge, "logits": True, **padding})
     if not s.knowledge:
         raise HskdError("give --knowledge, e.g. 1l_10t_0.1h")
     from hskd.presets import preset_width
 
     spec = parse_budget(str(s.knowledge), depth=s.depth_strategy or "uniform", length=s.length_strategy,
                         width=s.width_strategy, t_top=s.t_top, seed=s.width_seed, logits=True,
-                        rank_layer=s.rank_layer, rank_by=s.rank_by)
+                        rank_layer=s.rank_layer, rank_by=s.rank_by, **padding)
     width = preset_width(getattr(s, "preset", None), spec.width)
     return spec if width == spec.width else KnowledgeSpec.from_dict({**spec.to_dict(), "width": width})
 
@@ -173,9 +174,15 @@ def recipe_spec(recipe: str, s) -> KnowledgeSpec | None:
     if not isinstance(knowledge, dict):
         raise HskdError(f"recipe {recipe}: knowledge must be a mapping (a spec or {{builder: NAME}})")
     if "builder" in knowledge:
-        return KNOWLEDGE_BUILDERS[knowledge["builder"]](s)
-    values = {k: getattr(s, v[1:]) if isinstance(v, str) and v.startswith("$") else v for k, v in knowledge.items()}
-    return KnowledgeSpec.from_dict(values)
+        spec = KNOWLEDGE_BUILDERS[knowledge["builder"]](s)
+    else:
+        values = {k: getattr(s, v[1:]) if isinstance(v, str) and v.startswith("$") else v
+                  for k, v in knowledge.items()}
+        spec = KnowledgeSpec.from_dict(values)
+    padding = getattr(s, "hsk_padding", None)
+    if padding and padding != spec.padding:  # --hsk-padding (or a preset) applies to every recipe's spec
+        spec = KnowledgeSpec.from_dict({**spec.to_dict(), "padding": padding})
+    return spec
 
 
 # --------------------------------------------------------------------------------- stages

@@ -30,7 +30,7 @@ RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache
 LATER_DEFAULTS = {"bf16": False, "fp16": False, "gradient_accumulation_steps": 1, "preset": None, "kd_form": None,
                   "kd_reduction": None, "kd_temperature_scaling": None, "pkd_states": None,
                   "hidden_width_loss": None, "attention_kl_average": None, "rank_layer": None, "rank_by": None,
-                  "hsk_lr_scheduler": None, "storage": None, "early_stopping_patience": None}
+                  "hsk_padding": None, "hsk_lr_scheduler": None, "storage": None, "early_stopping_patience": None}
 
 
 COMMON = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "labels",

@@ -197,7 +197,8 @@ def _run_search(s, depth, length, width, seeds, lock) -> SearchResult:
                         "is the same budget: give --length all, or a ranking strategy (attention, left)")
     big = KnowledgeSpec(logits=True, hidden=True, depth=s.depth_strategy or "uniform", layers=top, t_top=s.t_top,
                         length=length_strategy, tokens=max_len, width="all",
-                        rank_layer=s.rank_layer or "mapped", rank_by=s.rank_by or "probs")
+                        rank_layer=s.rank_layer or "mapped", rank_by=s.rank_by or "probs",
+                        padding=s.hsk_padding or "exclude")
     if not out.exists():
         lock.created()
     out.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,12 @@ Diminishes", Sec. 4), each registered by name and citing its source:
 
 - depth (which layers): ``fn(n_student, n_teacher, t_top) -> [(student, teacher), ...]``;
 - length (which tokens): ``fn(attention_mask, k, pairs, cls_attention=, input_ids=,
-  sep_token_id=) -> (index [batch, pairs, k] long, valid [batch, pairs, k] bool)``;
-- width (which dimensions): ``fn(values [..., d], w, seed) -> None (all) | [w] | [..., w]``.
+  sep_token_id=, include_padding=) -> (index [batch, pairs, k] long, valid [batch, pairs, k] bool)``;
+  with ``include_padding`` (MUD's and TinyBERT's form, ``--hsk-padding include``) padding
+  positions may be chosen and count as valid;
+- width (which dimensions): ``fn(values [..., d], w, seed) -> None (all) | [w] | [..., w]``; a
+  selector marked ``keeps_mask`` returns instead a bool ``[..., d]`` of the entries to keep, the
+  others zeroed in the teacher's target (MUD's dynamic masks).
 
 A user adds one with ``@register_depth("name")`` (or length, width) in a ``--plugin`` module.
 All run vectorised on the tensors' device: no Python loop over examples, no host sync.
@@ -56,11 +60,13 @@ def _positions(batch: int, pairs: int, k: int, device) -> torch.Tensor:
 
 
 @register_length("all")
-def length_all(attention_mask, k, pairs, **_):
-    """All real tokens (TinyBERT's full HSK): every position, masked where padding."""
+def length_all(attention_mask, k, pairs, include_padding=False, **_):
+    """All real tokens (TinyBERT's full HSK): every position, masked where padding (with
+    ``include_padding``, every position counts, as in TinyBERT's and MUD's ``MSELoss``)."""
     b, seq = attention_mask.shape
     index = _positions(b, pairs, seq, attention_mask.device)
-    return index, attention_mask.bool()[:, None, :].expand(b, pairs, seq)
+    valid = torch.ones_like(attention_mask, dtype=torch.bool) if include_padding else attention_mask.bool()
+    return index, valid[:, None, :].expand(b, pairs, seq)
 
 
 @register_length("cls")
@@ -72,17 +78,18 @@ def length_cls(attention_mask, k, pairs, **_):
 
 
 @register_length("left")
-def length_left(attention_mask, k, pairs, **_):
+def length_left(attention_mask, k, pairs, include_padding=False, **_):
     """MUD Sec. 4.2, "left": the first k tokens ([CLS] first); slots past an example's end are
-    masked."""
+    masked. With ``include_padding``, the first k positions whatever the example's length
+    (MUD's ``rep[:, :k]``): only slots past the batch's padded length are masked."""
     b = attention_mask.size(0)
     index = _positions(b, pairs, k, attention_mask.device)
-    lengths = attention_mask.sum(-1)
+    lengths = attention_mask.new_full((b,), attention_mask.size(1)) if include_padding else attention_mask.sum(-1)
     mask = index < lengths[:, None, None]
     return index.clamp(max=attention_mask.size(1) - 1), mask
 
 
-def _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=None):
+def _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=None, include_padding=False):
     scores = cls_attention.float()  # [batch, pairs, seq]: head-averaged [CLS] row
     invalid = ~attention_mask.bool()
     if exclude is not None:
@@ -98,32 +105,37 @@ def _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=None):
     else:
         order = order[..., :k]
         ranked = scores.gather(-1, order)
+    if include_padding:  # padding ranks after every real token (stable sort: in position order) and counts
+        return order, (torch.arange(order.size(-1), device=order.device) < seq).expand_as(order)
     return order, torch.isfinite(ranked)
 
 
 @register_length("attention")
-def length_attention(attention_mask, k, pairs, cls_attention=None, **_):
+def length_attention(attention_mask, k, pairs, cls_attention=None, include_padding=False, **_):
     """MUD Sec. 4.2, attention-based: per example and layer pair, the top-k tokens by the
     teacher's attention from the [CLS] query, averaged over heads (``cls_attention``
     ``[batch, pairs, seq]``). The attention used is that of the teacher layer that produced the
     distilled hidden state (the embedding slot uses layer 1's). Indices come in rank order, so a
     prefix is the top-k' for any k' < k. Padding is never chosen; ties go to the earlier
     position. (The authors rank pre-softmax scores averaged over heads; we average the
-    probabilities, as Hugging Face returns them.)"""
+    probabilities, as Hugging Face returns them.) With ``include_padding``, when k exceeds an
+    example's length the remaining slots take its padding positions in position order, as MUD's
+    ``topk`` over masked attention does (which leaves the order among padding to torch)."""
     if cls_attention is None:
         raise HskdError("the attention length strategy needs the teacher's attentions")
-    return _attention_ranked(attention_mask, k, pairs, cls_attention)
+    return _attention_ranked(attention_mask, k, pairs, cls_attention, include_padding=include_padding)
 
 
 @register_length("attention-no-sep")
 def length_attention_no_sep(attention_mask, k, pairs, cls_attention=None, input_ids=None,
-                            sep_token_id=None, **_):
+                            sep_token_id=None, include_padding=False, **_):
     """As ``attention``, with separator tokens excluded. The separator id comes from the
     tokenizer, and separators are found per example (one for single sentences, two for pairs),
     unlike the authors' code, which counts them in the batch's first example and hard-codes 102."""
     if cls_attention is None or sep_token_id is None:
         raise HskdError("attention-no-sep needs the teacher's attentions and the tokenizer's [SEP] id")
-    return _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=input_ids == sep_token_id)
+    return _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=input_ids == sep_token_id,
+                             include_padding=include_padding)
 
 
 # ----------------------------------------------------------------------------------- width
@@ -158,6 +170,32 @@ def width_magnitude(values, w, seed):
     return values.abs().topk(w, dim=-1, sorted=True).indices
 
 
+@register_width("magnitude-batch")
+def width_magnitude_batch(values, w, seed, token_mask=None, fraction: float | None = None):
+    """MUD's code (``importance_mask_dynamic``): per layer pair, one threshold over the whole
+    batch tensor ``[batch, tokens, d]``: the ``int(f · numel)``-th largest |h|; every entry at
+    or above it is kept (ties too), the others are zeroed in the teacher's target, and whole
+    vectors are compared. So an example's knowledge depends on its batch mates: online only.
+    Slots that are not valid (``token_mask`` false: padding under ``--hsk-padding exclude``)
+    take no part in the count or the threshold.
+
+    Returns: bool ``[batch, pairs, tokens, d]``, true where kept.
+    """
+    b, p, t, d = values.shape
+    valid = (torch.ones(b, p, t, dtype=torch.bool, device=values.device) if token_mask is None
+             else token_mask.bool())[..., None].expand(b, p, t, d)
+    magnitude = values.abs().float().masked_fill(~valid, -1.0)  # below any |h|: never kept
+    flat = magnitude.transpose(0, 1).reshape(p, -1)  # [pairs, batch · tokens · d]
+    keep_n = (valid.transpose(0, 1).reshape(p, -1).sum(-1).double() * fraction).long().clamp_min(1)  # int(f·numel)
+    top = flat.topk(int(keep_n.max()), dim=-1).values  # [pairs, max keep_n], descending
+    threshold = top.gather(-1, (keep_n - 1)[:, None]).squeeze(-1)  # [pairs]
+    return (magnitude >= threshold[None, :, None, None]) & valid
+
+
+width_magnitude_batch.keeps_mask = True
+width_magnitude_batch.uses_fraction = True
+
+
 @register_width("uniform-stride")
 def width_uniform_stride(values, w, seed, fraction: float | None = None):
     """MUD's code (``uniform_mask``): dims round(i / f) for i < int(d · f), f the width
@@ -189,8 +227,11 @@ SHARED_WIDTH = ("uniform", "random", "uniform-stride", "random-bernoulli")  # on
 
 
 def width_index(spec, values: torch.Tensor) -> torch.Tensor | None:
-    """The dims ``spec``'s width strategy keeps of ``values [..., d]`` (see each selector)."""
+    """The dims ``spec``'s width strategy keeps of ``values [..., d]`` (see each selector); for
+    a ``keeps_mask`` selector, see :func:`width_keep_mask`."""
     fn = WIDTH[spec.width]
+    if getattr(fn, "keeps_mask", False):
+        return None
     w = spec.kept_width(values.size(-1))
     if getattr(fn, "uses_fraction", False):
         return fn(values, w, spec.seed, fraction=spec.width_fraction)
@@ -205,3 +246,13 @@ def select_dims(values: torch.Tensor, dim_index: torch.Tensor | None) -> torch.T
     if dim_index.dim() == 1:
         return values[..., dim_index]
     return values.gather(-1, dim_index)
+
+
+def width_keep_mask(spec, values: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor | None:
+    """For a ``keeps_mask`` width selector, the bool ``[batch, pairs, tokens, d]`` of entries
+    kept in the teacher's target (``None`` for the others, which select dims by index)."""
+    fn = WIDTH[spec.width]
+    if not getattr(fn, "keeps_mask", False):
+        return None
+    return fn(values, spec.kept_width(values.size(-1)), spec.seed, token_mask=token_mask,
+              fraction=spec.width_fraction)

@@ -90,7 +90,7 @@ def point_spec(p: Point, s: Settings, max_len: int) -> KnowledgeSpec:
                          tokens=None if length == "all" else (p.tokens or max_len),
                          width=(s.width_strategy or "uniform") if p.width < 1 else "all",
                          width_fraction=p.width, seed=s.width_seed, rank_layer=s.rank_layer or "mapped",
-                         rank_by=s.rank_by or "probs")
+                         rank_by=s.rank_by or "probs", padding=s.hsk_padding or "exclude")
 
 
 def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool = False) -> list[dict]:
@@ -117,7 +117,8 @@ def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool
     length_strategy = s.length_strategy or "attention"
     big = KnowledgeSpec(logits=True, hidden=True, depth=s.depth_strategy or "uniform", layers=largest, t_top=s.t_top,
                         length=length_strategy, tokens=max_len if length_strategy != "all" else None, width="all",
-                        rank_layer=s.rank_layer or "mapped", rank_by=s.rank_by or "probs")
+                        rank_layer=s.rank_layer or "mapped", rank_by=s.rank_by or "probs",
+                        padding=s.hsk_padding or "exclude")
     cache_dir = out / "cache"
     if not out.exists():
         lock.created()

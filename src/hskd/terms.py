@@ -52,6 +52,8 @@ class LossInputs:
         student_hidden_full: ``[batch, pairs, tokens, teacher_hidden]``, all dimensions (only
             when a term has ``full_width``).
         layer_pairs: the plan's ``((student, teacher), ...)``.
+        include_padding: the knowledge counts padding positions (``--hsk-padding include``),
+            so attention terms count padded keys too.
     """
 
     logits: torch.Tensor
@@ -65,6 +67,7 @@ class LossInputs:
     student: nn.Module | None = None
     student_hidden_full: torch.Tensor | None = None
     layer_pairs: tuple | None = None
+    include_padding: bool = False
 
 
 class LossTerm(nn.Module):
@@ -232,6 +235,8 @@ class AttentionScoreMSE(LossTerm):
         if self.pairs is not None:
             positions = [i for i in positions if i in self.pairs]
         keys = x.attention_mask[:, : x.student_attentions.size(-1)]
+        if x.include_padding:  # TinyBERT's MSELoss over every row and key (padded keys are 0 on both sides)
+            keys = torch.ones_like(keys)
         t_att = x.knowledge.attentions[:, positions][..., : keys.size(1)]
         return losses.attention_score_mse(x.student_attentions[:, positions], t_att,
                                           x.knowledge.token_mask[:, positions], keys)

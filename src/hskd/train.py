@@ -80,7 +80,7 @@ class DistillationModel(nn.Module):
         x = LossInputs(logits=out.logits, labels=labels, example_ids=example_id, knowledge=knowledge,
                        student_hidden=hidden, student_attentions=att, attention_mask=inputs["attention_mask"],
                        student_outputs=out, student=self.student, student_hidden_full=full,
-                       layer_pairs=self.plan.pairs)
+                       layer_pairs=self.plan.pairs, include_padding=self.plan.spec.padding == "include")
         loss, parts = objective(x)
         return out, loss, parts
 
