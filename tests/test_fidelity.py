@@ -452,6 +452,13 @@ def test_magnitude_width_thresholds_over_the_batch_as_muds_code_does():
 
     with pytest.raises(HskdError, match="not cached"):
         refuse_uncacheable(spec)
+    # nor served from a cache of every dimension, which holds no batch's threshold
+    from hskd.cache_reader import CacheReader
+
+    reader = CacheReader.__new__(CacheReader)
+    reader._plans = {}
+    with pytest.raises(HskdError, match="not cached"):
+        reader.serving(plan)
 
 
 def test_tinybert_attention_score_mse_counts_padded_rows_and_keys():

@@ -34,13 +34,13 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hskd.cache_card import readme_text
-from hskd.cache_reader import CacheReader, partial_dir  # noqa: F401 - re-exported: the cache's reader
+from hskd.cache_reader import CacheReader, partial_dir, refuse_uncacheable  # noqa: F401 - re-exported: the cache's reader
 from hskd.device import is_main_process
 from hskd.errors import HskdError
 from hskd.files import read_json, write_atomic, write_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan, extract
 from hskd.models import model_inputs, needs_eager_attention
-from hskd.selectors import SHARED_WIDTH, WIDTH, width_index
+from hskd.selectors import SHARED_WIDTH, width_index
 from hskd.storage import DEFAULT_STORAGE, array_dtype, encode, index_dtype, scale_shape
 from hskd.tasks import sha256_file
 
@@ -57,17 +57,6 @@ def barrier() -> None:
     """Wait for every rank under torchrun; a no-op in a single process."""
     if _dist()[1] > 1:
         torch.distributed.barrier()
-
-
-def refuse_uncacheable(spec: KnowledgeSpec) -> None:
-    """Raises HskdError for knowledge a cache cannot hold (MiniLM's relations, a width chosen
-    over the whole batch), before any work."""
-    if spec.relations:
-        raise HskdError("MiniLM relations are [seq x seq] per example and are not cached; "
-                        "distill the minilm recipe from --teacher")
-    if getattr(WIDTH.get(spec.width), "keeps_mask", False):
-        raise HskdError(f"width {spec.width!r} depends on each batch's other examples and is not cached; "
-                        "distill from --teacher, or use --width-strategy magnitude (per token)")
 
 
 def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,

@@ -12,7 +12,7 @@ import torch
 from hskd.errors import HskdError
 from hskd.files import read_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan
-from hskd.selectors import select_dims, width_index
+from hskd.selectors import WIDTH, select_dims, width_index
 from hskd.storage import STORAGES, array_dtype, decode, decode_batch
 from hskd.tasks import sha256_file
 
@@ -23,6 +23,17 @@ READABLE_FORMATS = (1, 2)  # 1: fp16 values, int16 indices (hskd before --storag
 def partial_dir(out_dir: Path) -> Path:
     """Where an unfinished cache for ``out_dir`` is written (``DIR.partial``)."""
     return out_dir.with_name(out_dir.name + ".partial")
+
+
+def refuse_uncacheable(spec: KnowledgeSpec) -> None:
+    """Raises HskdError for knowledge a cache cannot hold (MiniLM's relations, a width chosen
+    over the whole batch), before any work."""
+    if spec.relations:
+        raise HskdError("MiniLM relations are [seq x seq] per example and are not cached; "
+                        "distill the minilm recipe from --teacher")
+    if getattr(WIDTH.get(spec.width), "keeps_mask", False):
+        raise HskdError(f"width {spec.width!r} depends on each batch's other examples and is not cached; "
+                        "distill from --teacher, or use --width-strategy magnitude (per token)")
 
 
 class CacheReader:
@@ -101,6 +112,7 @@ class CacheReader:
         key = (json.dumps(want.to_dict(), sort_keys=True), tuple(pairs))
         if key in self._plans:
             return self._plans[key]
+        refuse_uncacheable(want)  # e.g. a batch-wide width, which no stored value can give
         have = self.spec
         where = f"cache {self.path} ({have.describe()})"
         fix = "; build one at that budget with hskd cache"
