@@ -413,6 +413,19 @@ def test_left_and_attention_length_may_choose_padding_as_muds_code_does():
         official = probs.argsort(descending=True, stable=True)[:5]  # ties (padding) in position order
         assert att.token_index[1, p].tolist() == official.tolist()
         assert att.token_index[1, p, 3:].tolist() == [3, 4] and bool(att.token_mask[1, p].all())
+    # with MUD's ranking values (rank_by scores: pre-softmax scores, -10000 added at padded keys)
+    # padding is ordered by its own scores, as MUD's topk orders it
+    spec = KnowledgeSpec(hidden=True, length="attention", tokens=5, padding="include", rank_by="scores")
+    att = extract(spec.resolve(3, 3), out, batch, teacher=teacher)
+    for p, (_, layer) in enumerate(spec.resolve(3, 3).pairs):
+        block = teacher.bert.encoder.layer[max(layer - 1, 0)].attention.self
+        x = out.hidden_states[max(layer - 1, 0)][1:2]
+        heads, size = block.num_attention_heads, block.attention_head_size
+        q = block.query(x[:, :1]).view(1, 1, heads, size).transpose(1, 2)
+        keys = block.key(x).view(1, 7, heads, size).transpose(1, 2)
+        raw = (q.double() @ keys.double().transpose(-1, -2) / math.sqrt(size)).squeeze(2)  # [1, heads, seq]
+        scores = (raw + (1 - mask[1]).double() * -10000.0).mean(1)[0]  # float64: no rounding near -10000
+        assert att.token_index[1, p].tolist() == scores.topk(5).indices.tolist()
     # hskd's default never chooses padding: the 2 slots past the 3 real tokens are unfilled
     default = extract(KnowledgeSpec(hidden=True, length="left", tokens=5).resolve(3, 3), out, batch, teacher=teacher)
     assert default.token_mask[1, 0].tolist() == [True, True, True, False, False]
@@ -448,6 +461,17 @@ def test_magnitude_width_thresholds_over_the_batch_as_muds_code_does():
     assert ties > 0  # the test exercises MUD's keeping of ties
     x = LossInputs(logits=None, labels=None, knowledge=k, student_hidden=student)
     _close(LOSSES["hidden_mse"](CTX, 1.0)(x), official)
+    # with padding left out (hskd's default), the count and the threshold take the real entries only
+    ids[1, 3:] = 0
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    k = extract(plan, out, {"input_ids": ids, "attention_mask": mask}, teacher=teacher)
+    for p, (_, t) in enumerate(plan.pairs):
+        real = out.hidden_states[t][mask.bool()]  # [real tokens, d]
+        threshold = real.abs().view(-1).topk(int(f * real.nelement()))[0][-1]
+        kept = k.hidden[:, p][mask.bool()]
+        assert torch.equal(kept, real * (real.abs() >= threshold)) and not k.hidden[1, p, 3:].any()
     from hskd.cache import refuse_uncacheable
 
     with pytest.raises(HskdError, match="not cached"):
@@ -510,3 +534,25 @@ def test_padding_included_online_and_from_a_cache_and_a_mismatched_cache_is_refu
     assert run_cli("distill", *common, "--cache", tmp_path / "cache-default", "--output-dir", tmp_path / "bad") == 2
     assert "--hsk-padding exclude, not include" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_hsk_padding_fingerprints_as_absent_at_its_default_and_never_in_finetuning():
+    from hskd.runs import fingerprint_settings
+
+    base = resolve({"recipe": "mud", "knowledge": "1l_10t"}, None, recipe_defaults)
+    explicit = resolve({"recipe": "mud", "knowledge": "1l_10t", "hsk_padding": "exclude"}, None, recipe_defaults)
+    include = resolve({"recipe": "mud", "knowledge": "1l_10t", "hsk_padding": "include"}, None, recipe_defaults)
+    assert fingerprint_settings(explicit, "distill") == fingerprint_settings(base, "distill")
+    assert fingerprint_settings(include, "distill")["hsk_padding"] == "include"
+    # a teacher does not depend on it, so `hskd run` reuses teachers made before it existed
+    assert fingerprint_settings(include, "finetune") == fingerprint_settings(base, "finetune")
+
+
+def test_hskd_run_distills_online_what_no_cache_can_hold():
+    from hskd.main_job import _cacheable
+
+    mud = {"recipe": "mud", "knowledge": "1l_10t_0.1h", "preset": "mud"}
+    assert _cacheable(resolve(mud, None, recipe_defaults))
+    assert not _cacheable(resolve({**mud, "width_strategy": "magnitude"}, None, recipe_defaults))  # batch-wide
+    with pytest.raises(HskdError, match="bad knowledge budget"):  # a bad spec is still refused before training
+        _cacheable(resolve({**mud, "knowledge": "ten tokens"}, None, recipe_defaults))

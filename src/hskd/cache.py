@@ -108,6 +108,8 @@ def write_cache(out_dir: str | Path, teacher, dataset, collator, plan: Plan,
         plan_file = work / "plan.json"
         if plan_file.exists():
             interrupted = read_json(plan_file, "pass --overwrite to start the cache again")
+            if isinstance(interrupted.get("spec"), dict):  # written before a later spec field: its default
+                interrupted["spec"] = KnowledgeSpec.from_dict(interrupted["spec"]).to_dict()
             if {**interrupted, "batch_size": batch_size} != header:
                 raise HskdError(f"{work} holds an interrupted cache of different settings; delete it "
                                 "or pass --overwrite")

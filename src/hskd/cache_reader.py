@@ -33,7 +33,7 @@ def refuse_uncacheable(spec: KnowledgeSpec) -> None:
                         "distill the minilm recipe from --teacher")
     if getattr(WIDTH.get(spec.width), "keeps_mask", False):
         raise HskdError(f"width {spec.width!r} depends on each batch's other examples and is not cached; "
-                        "distill from --teacher, or use --width-strategy magnitude (per token)")
+                        "distill from --teacher, or use the per-token width magnitude (without --preset mud)")
 
 
 class CacheReader:

@@ -8,8 +8,8 @@ import shutil
 import time
 from pathlib import Path
 
-from hskd.cache import CacheReader, barrier
-from hskd.cache_job import make_cache
+from hskd.cache import CacheReader, barrier, refuse_uncacheable
+from hskd.cache_job import cache_spec, make_cache
 from hskd.config import Settings
 from hskd.data import load_data
 from hskd.errors import HskdError
@@ -52,6 +52,8 @@ def _run(s: Settings, lock: OutputLock) -> dict:
         write_record(out, {"settings": fp, "status": "running"}, name="run.json")
         s.save(out / "config.yaml", environment=run_environment(s))
     child = dict(overwrite=False, resume=True)
+    # MUD's point is a cache; knowledge no cache can hold (a batch-wide width) is distilled online
+    cacheable = s.recipe == "mud" and not s.cache and _cacheable(s)
     start = time.perf_counter()
     teacher = train_job(with_changes(s, output_dir=str(out / "teacher"), recipe="finetune", **child), "finetune",
                          backbone=s.model, layers=None, learning_rate=s.learning_rate, reuse=True)
@@ -60,7 +62,7 @@ def _run(s: Settings, lock: OutputLock) -> dict:
                           learning_rate=s.student_learning_rate, reuse=True, hidden_size=s.student_hidden_size)
     student_s = with_changes(s, output_dir=str(out / "student"), teacher=str(out / "teacher"), **child)
     cache = None
-    if s.recipe == "mud" and not s.cache:  # MUD's point: extract the HSK once, train without the teacher
+    if cacheable:  # MUD's point: extract the HSK once, train without the teacher
         cache_dir = out / "cache"
         if not (cache_dir / "manifest.json").is_file():
             make_cache(with_changes(student_s, output_dir=str(cache_dir), overwrite=False))
@@ -92,3 +94,14 @@ def stage_timings(results: dict[str, dict], cache: dict | None) -> list[dict]:
             rows.append({"stage": f"{label} (training)", "seconds": stage.get("train_seconds")})
         rows.append({"stage": f"{name} (evaluation)", "seconds": rec.get("eval", {}).get("eval_seconds")})
     return rows
+
+
+def _cacheable(s: Settings) -> bool:
+    """Whether the knowledge of ``s`` can be cached, checked before any training (a bad
+    ``--knowledge`` is refused here too)."""
+    spec = cache_spec(s)
+    try:
+        refuse_uncacheable(spec)
+    except HskdError:
+        return False
+    return True

@@ -298,7 +298,8 @@ def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: li
     input: ``softmax(q_cls·Kᵀ·d_head^-1/2 + mask)``, exactly what eager attention returns in row 0,
     at the cost of one query row. Lets a teacher run with SDPA, which returns no attentions.
     With ``scores``, the pre-softmax ``q_cls·Kᵀ·d_head^-1/2`` averaged over heads instead (MUD's
-    ranking; padded keys hold the dtype's minimum).
+    ranking values), padded keys included unmasked: the length selectors rank padding after
+    every real token, by these scores, as MUD's model does by adding −10000 there.
 
     Args:
         hidden_states: the model's ``hidden_states`` tuple; layer j's input is ``[j]``.
@@ -315,7 +316,7 @@ def cls_attention(model, hidden_states, attention_mask: torch.Tensor, layers: li
     for j in layers:
         raw = _layer_scores(blocks[j].attention.self, hidden_states[j], cls_only=True).squeeze(2)  # [b, h, seq]
         if scores:
-            rows.append(raw.float().mean(1).masked_fill(~keep[:, 0], torch.finfo(torch.float32).min))
+            rows.append(raw.float().mean(1))
             continue
         raw = raw.masked_fill(~keep, torch.finfo(raw.dtype).min)
         rows.append(raw.softmax(-1).mean(1))

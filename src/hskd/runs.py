@@ -33,6 +33,12 @@ LATER_DEFAULTS = {"bf16": False, "fp16": False, "gradient_accumulation_steps": 1
                   "hsk_padding": None, "hsk_lr_scheduler": None, "storage": None, "early_stopping_patience": None}
 
 
+# Later settings whose explicit default spelling must fingerprint as their absence.
+DEFAULT_SPELLINGS = {"hsk_padding": "exclude"}
+# Later distillation-only settings, never part of a fine-tuning fingerprint (the earlier ones stay
+# in it, so that teachers fingerprinted with them are still recognised).
+NOT_FINETUNE = {"hsk_padding"}
+
 COMMON = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "labels",
           "task_type", "max_train_samples", "max_eval_samples", "max_seq_length", "num_train_epochs",
           "batch_size", "eval_batch_size", "warmup_ratio", "weight_decay", "seed", "max_steps", "save_steps",
@@ -42,9 +48,10 @@ COMMON = ("task", "data_dir", "train_file", "validation_file", "text_columns", "
 def fingerprint_settings(s: Settings, job: str, backbone=None, layers=None) -> dict:
     """The settings that define a job's result: a directory holding other settings holds a
     different run. Fine-tuning ignores distillation settings, so `run` can reuse a teacher."""
-    data = {k: v for k, v in s.to_yaml_dict().items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+    data = {k: v for k, v in s.to_yaml_dict().items()
+            if k not in LATER_DEFAULTS or v not in (LATER_DEFAULTS[k], DEFAULT_SPELLINGS.get(k, LATER_DEFAULTS[k]))}
     if job == "finetune":
-        keep = {k: data[k] for k in COMMON if k in data}
+        keep = {k: data[k] for k in COMMON if k in data and k not in NOT_FINETUNE}
         return {"job": job, "backbone": backbone, "layers": layers, "learning_rate": s.learning_rate, **keep}
     fp = {"job": job, **{k: v for k, v in data.items() if k not in RUN_CONTROL}}
     if job == "distill" and s.cache:  # what the cache holds, not where it is: --resume with another is refused

@@ -91,11 +91,18 @@ def length_left(attention_mask, k, pairs, include_padding=False, **_):
 
 def _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=None, include_padding=False):
     scores = cls_attention.float()  # [batch, pairs, seq]: head-averaged [CLS] row
-    invalid = ~attention_mask.bool()
+    real = attention_mask.bool()
+    invalid = torch.zeros_like(real) if include_padding else ~real  # padding may be chosen, or never
     if exclude is not None:
         invalid = invalid | exclude
     scores = scores.masked_fill(invalid[:, None, :], float("-inf"))
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    if include_padding:  # real tokens, then padding by its own values (MUD adds -10000 there), then excluded
+        group = (~real).to(torch.uint8)
+        if exclude is not None:
+            group = group.masked_fill(exclude, 2)
+        group = group[:, None, :].expand_as(scores).gather(-1, order)
+        order = order.gather(-1, torch.sort(group, dim=-1, stable=True).indices)
     seq = scores.size(-1)
     if k > seq:  # pad with unfilled slots
         pad = torch.zeros(*order.shape[:2], k - seq, dtype=order.dtype, device=order.device)
@@ -105,8 +112,6 @@ def _attention_ranked(attention_mask, k, pairs, cls_attention, exclude=None, inc
     else:
         order = order[..., :k]
         ranked = scores.gather(-1, order)
-    if include_padding:  # padding ranks after every real token (stable sort: in position order) and counts
-        return order, (torch.arange(order.size(-1), device=order.device) < seq).expand_as(order)
     return order, torch.isfinite(ranked)
 
 
@@ -119,8 +124,9 @@ def length_attention(attention_mask, k, pairs, cls_attention=None, include_paddi
     prefix is the top-k' for any k' < k. Padding is never chosen; ties go to the earlier
     position. (The authors rank pre-softmax scores averaged over heads; we average the
     probabilities, as Hugging Face returns them.) With ``include_padding``, when k exceeds an
-    example's length the remaining slots take its padding positions in position order, as MUD's
-    ``topk`` over masked attention does (which leaves the order among padding to torch)."""
+    example's length the remaining slots take its padding positions, as MUD's ``topk`` does:
+    by their scores (−10000 added) with ``rank_by scores``; with probabilities, where padding is
+    0, in position order (MUD leaves that tie to torch)."""
     if cls_attention is None:
         raise HskdError("the attention length strategy needs the teacher's attentions")
     return _attention_ranked(attention_mask, k, pairs, cls_attention, include_padding=include_padding)
@@ -187,8 +193,8 @@ def width_magnitude_batch(values, w, seed, token_mask=None, fraction: float | No
     magnitude = values.abs().float().masked_fill(~valid, -1.0)  # below any |h|: never kept
     flat = magnitude.transpose(0, 1).reshape(p, -1)  # [pairs, batch · tokens · d]
     keep_n = (valid.transpose(0, 1).reshape(p, -1).sum(-1).double() * fraction).long().clamp_min(1)  # int(f·numel)
-    top = flat.topk(int(keep_n.max()), dim=-1).values  # [pairs, max keep_n], descending
-    threshold = top.gather(-1, (keep_n - 1)[:, None]).squeeze(-1)  # [pairs]
+    ranked = flat.sort(dim=-1, descending=True).values  # a sort, not topk(k): k per pair without a host sync
+    threshold = ranked.gather(-1, (keep_n - 1)[:, None]).squeeze(-1)  # [pairs]
     return (magnitude >= threshold[None, :, None, None]) & valid
 
 
