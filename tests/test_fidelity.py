@@ -158,6 +158,20 @@ def _tiny_teacher():
     return BertForSequenceClassification(config).eval()
 
 
+def _forward(teacher, ids: torch.Tensor):
+    """The tiny teacher on ``ids`` (0 is padding): ``(mask, outputs with states and attentions)``."""
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    return mask, out
+
+
+def _padded_batch(teacher):
+    # static padding to 7 positions (MUD and TinyBERT pad every example to max_seq_length)
+    ids = torch.tensor([[2, 7, 9, 11, 6, 3, 0], [2, 5, 3, 0, 0, 0, 0]])
+    return (ids, *_forward(teacher, ids))
+
+
 def test_attention_ranking_by_scores_of_the_full_depth_map():
     # MUD (main.py, att_ttop12, its default): for student layer l the ranking attention is that of
     # teacher layer l·n_t/n_s (the T_top = n_t map), whatever T_top the hidden states use; the
@@ -263,9 +277,7 @@ def test_tinybert_attention_scores_and_their_mse():
 
     teacher = _tiny_teacher()
     ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 8, 4]])
-    mask = torch.ones_like(ids)
-    with torch.no_grad():
-        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    mask, out = _forward(teacher, ids)
     got = attention_scores(teacher, out.hidden_states, mask, [0, 2])
     # the probabilities eager attention returns are the softmax of these scores
     assert torch.allclose(got.softmax(-1), torch.stack([out.attentions[0], out.attentions[2]], 1), atol=1e-6)
@@ -361,15 +373,6 @@ def test_early_stopping_ends_a_stage_once_dev_stops_improving(tmp_path, tiny_glu
     assert stage["max_steps"] == 16 and stage["global_step"] == 6  # epochs 2 and 3 did not improve on epoch 1
 
 
-def _padded_batch(teacher):
-    # static padding to 7 positions (MUD and TinyBERT pad every example to max_seq_length)
-    ids = torch.tensor([[2, 7, 9, 11, 6, 3, 0], [2, 5, 3, 0, 0, 0, 0]])
-    mask = (ids != 0).long()
-    with torch.no_grad():
-        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
-    return ids, mask, out
-
-
 def test_hidden_mse_counts_padding_as_tinybert_and_mud_do():
     # TinyBERT (task_distill.py) and MUD (main.py): rep loss = sum over mapped layers of MSELoss
     # over the whole padded tensor [batch, max_seq_length, d], padding positions included, the
@@ -437,9 +440,7 @@ def test_magnitude_width_thresholds_over_the_batch_as_muds_code_does():
     # (ties kept); the teacher's other entries set to 0; MSE against the student's whole vector.
     teacher = _tiny_teacher()
     ids = torch.tensor([[2, 7, 9, 11, 6], [2, 5, 3, 8, 4]])
-    mask = torch.ones_like(ids)
-    with torch.no_grad():
-        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    mask, out = _forward(teacher, ids)
     # round the states so that ties straddle the threshold
     states = tuple((h * 4).round() / 4 for h in out.hidden_states)
     out.hidden_states = states
@@ -463,9 +464,7 @@ def test_magnitude_width_thresholds_over_the_batch_as_muds_code_does():
     _close(LOSSES["hidden_mse"](CTX, 1.0)(x), official)
     # with padding left out (hskd's default), the count and the threshold take the real entries only
     ids[1, 3:] = 0
-    mask = (ids != 0).long()
-    with torch.no_grad():
-        out = teacher(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    mask, out = _forward(teacher, ids)
     k = extract(plan, out, {"input_ids": ids, "attention_mask": mask}, teacher=teacher)
     for p, (_, t) in enumerate(plan.pairs):
         real = out.hidden_states[t][mask.bool()]  # [real tokens, d]

@@ -12,7 +12,7 @@ import torch
 from hskd.errors import HskdError
 from hskd.files import read_json
 from hskd.knowledge import Knowledge, KnowledgeSpec, Plan
-from hskd.selectors import WIDTH, select_dims, width_index
+from hskd.selectors import keeps_mask, select_dims, width_index
 from hskd.storage import STORAGES, array_dtype, decode, decode_batch
 from hskd.tasks import sha256_file
 
@@ -31,7 +31,7 @@ def refuse_uncacheable(spec: KnowledgeSpec) -> None:
     if spec.relations:
         raise HskdError("MiniLM relations are [seq x seq] per example and are not cached; "
                         "distill the minilm recipe from --teacher")
-    if getattr(WIDTH.get(spec.width), "keeps_mask", False):
+    if keeps_mask(spec.width):
         raise HskdError(f"width {spec.width!r} depends on each batch's other examples and is not cached; "
                         "distill from --teacher, or use the per-token width magnitude (without --preset mud)")
 

@@ -81,7 +81,6 @@ def max_length(s, data: TaskData) -> int:
     return s.max_seq_length or data.task.max_seq_length
 
 
-
 def knowledge_pad_to(spec, max_len: int) -> int | None:
     """The static padding a knowledge spec needs: ``max_len`` when it counts padding positions
     (``padding: include``), else ``None`` (per-batch padding)."""

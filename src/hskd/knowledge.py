@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from hskd.errors import HskdError
-from hskd.selectors import DEPTH, LENGTH, WIDTH, select_dims, width_index, width_keep_mask  # noqa: F401 - re-exported
+from hskd.selectors import DEPTH, LENGTH, WIDTH, keeps_mask, select_dims, width_index, width_keep_mask  # noqa: F401 - re-exported
 
 
 # ------------------------------------------------------------------------------------ spec
@@ -164,7 +164,7 @@ class KnowledgeSpec:
         (``random-bernoulli``)."""
         if self.width == "uniform-stride":
             return max(1, int(self.width_fraction * hidden_size))
-        if getattr(WIDTH.get(self.width), "keeps_mask", False):
+        if keeps_mask(self.width):
             return hidden_size  # every dim is compared; the unkept entries of the target are 0
         if self.width == "random-bernoulli":
             from hskd.selectors import bernoulli_uniforms

@@ -232,12 +232,17 @@ def width_random_bernoulli(values, w, seed):
 SHARED_WIDTH = ("uniform", "random", "uniform-stride", "random-bernoulli")  # one dim list per cache
 
 
+def keeps_mask(width: str) -> bool:
+    """Whether width strategy ``width`` returns a keep mask over the batch (online only), not dims."""
+    return getattr(WIDTH.get(width), "keeps_mask", False)
+
+
 def width_index(spec, values: torch.Tensor) -> torch.Tensor | None:
     """The dims ``spec``'s width strategy keeps of ``values [..., d]`` (see each selector); for
     a ``keeps_mask`` selector, see :func:`width_keep_mask`."""
-    fn = WIDTH[spec.width]
-    if getattr(fn, "keeps_mask", False):
+    if keeps_mask(spec.width):
         return None
+    fn = WIDTH[spec.width]
     w = spec.kept_width(values.size(-1))
     if getattr(fn, "uses_fraction", False):
         return fn(values, w, spec.seed, fraction=spec.width_fraction)
@@ -257,8 +262,7 @@ def select_dims(values: torch.Tensor, dim_index: torch.Tensor | None) -> torch.T
 def width_keep_mask(spec, values: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor | None:
     """For a ``keeps_mask`` width selector, the bool ``[batch, pairs, tokens, d]`` of entries
     kept in the teacher's target (``None`` for the others, which select dims by index)."""
-    fn = WIDTH[spec.width]
-    if not getattr(fn, "keeps_mask", False):
+    if not keeps_mask(spec.width):
         return None
-    return fn(values, spec.kept_width(values.size(-1)), spec.seed, token_mask=token_mask,
+    return WIDTH[spec.width](values, spec.kept_width(values.size(-1)), spec.seed, token_mask=token_mask,
               fraction=spec.width_fraction)
