@@ -34,7 +34,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hskd.cache_card import readme_text
-from hskd.cache_reader import CacheReader, partial_dir, refuse_uncacheable  # noqa: F401 - re-exported: the cache's reader
+from hskd.cache_reader import CacheReader, partial_dir, real_slots, refuse_uncacheable  # noqa: F401 - re-exported: the cache's reader
 from hskd.device import is_main_process
 from hskd.errors import HskdError
 from hskd.files import read_json, write_atomic, write_json
@@ -374,18 +374,20 @@ def size_report(folder: Path, manifest: dict, dataset) -> dict:
 
     The full HSK is what TinyBERT distils for this student and data: every layer of the uniform
     map (student depth + 1, embedding included), every real token, every dimension, in fp16.
-    ``hsk_fraction`` counts the hidden values actually kept (unfilled slots excluded) over the
-    full HSK's values; ``bytes_fraction`` compares whole files, indices included.
+    ``hsk_fraction`` counts the hidden values actually kept at real tokens over the full HSK's
+    values: unfilled slots, and the padding slots ``--hsk-padding include`` stores, are left out,
+    so it never passes 1. ``bytes_fraction`` compares whole files, indices and padding included.
     """
     total = sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".npy")
-    tokens = int(sum(dataset["length"]))
+    lengths = np.asarray(dataset["length"], dtype=np.int64)
+    tokens = int(lengths.sum())
     pairs_top = max((s for s, _ in manifest["pairs"]), default=0)
     n_student = manifest["fingerprint"].get("student_layers", pairs_top)  # skip/last maps stop below it
     full_values = (n_student + 1) * tokens * manifest["teacher_hidden"]
     kept = 0
     if "hidden" in manifest["arrays"]:
         index = np.load(folder / "token_index.npy", mmap_mode="r")
-        kept = int((index >= 0).sum()) * manifest["arrays"]["hidden"]["shape"][-1]
+        kept = real_slots(index, lengths) * manifest["arrays"]["hidden"]["shape"][-1]
     return {"bytes": total, "megabytes": total / 2**20, "full_hsk_bytes": full_values * 2,
             "full_hsk_megabytes": full_values * 2 / 2**20,
             "hsk_fraction": kept / full_values if full_values else 0.0,

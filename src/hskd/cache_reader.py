@@ -25,6 +25,17 @@ def partial_dir(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".partial")
 
 
+def real_slots(index: np.ndarray, lengths: np.ndarray | None) -> int:
+    """Filled token slots of ``index [rows, pairs, tokens]`` (-1 unfilled) at real tokens:
+    positions below each row's ``lengths [rows]``. The padding slots that ``--hsk-padding
+    include`` stores are not knowledge, so a share of the HSK leaves them out. Without
+    ``lengths`` every filled slot counts."""
+    filled = index >= 0
+    if lengths is not None:
+        filled &= index < np.asarray(lengths, dtype=np.int64)[:, None, None]
+    return int(filled.sum())
+
+
 def refuse_uncacheable(spec: KnowledgeSpec) -> None:
     """Raises HskdError for knowledge a cache cannot hold (MiniLM's relations, a width chosen
     over the whole batch), before any work."""
@@ -163,15 +174,20 @@ class CacheReader:
         self._plans[key] = how
         return how
 
-    def hsk_fraction(self, plan: Plan) -> float:
-        """Fraction of the full HSK that ``want`` keeps over the whole training set: kept
-        hidden values (real tokens only) over the full HSK's values (see :func:`size_report`)."""
+    def hsk_fraction(self, plan: Plan, lengths: np.ndarray | None = None) -> float:
+        """Fraction of the full HSK that ``plan`` keeps over the whole training set: kept
+        hidden values at real tokens over the full HSK's values (see :func:`size_report`).
+
+        ``lengths [rows]``: each training row's real tokens, in the cache's row order. A cache
+        written under ``--hsk-padding include`` stores padding slots, and only these lengths tell
+        them apart: without them, they count (:func:`hskd.sweep.train_lengths` gives them).
+        """
         want, how = plan.spec, self.serving(plan)
         if not want.hidden:
             return 0.0
         index = self.arrays["token_index"][:, how["pairs"], : how["tokens"]]
         width = want.kept_width(self.manifest["teacher_hidden"])
-        return float((index >= 0).sum()) * width / (self.manifest["full_hsk_bytes"] / 2)
+        return real_slots(index, lengths) * width / (self.manifest["full_hsk_bytes"] / 2)
 
     def __getstate__(self) -> dict:
         """Pickled without the memory maps (DataLoader workers started by spawn reopen them

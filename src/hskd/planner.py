@@ -38,16 +38,15 @@ def npy_bytes(shape: tuple, dtype: str) -> int:
     return len(header.getvalue()) + int(np.prod(shape)) * np.dtype(dtype).itemsize
 
 
-def filled_tokens(spec: KnowledgeSpec, lengths: np.ndarray, n_sep: np.ndarray,
-                  max_len: int | None = None) -> np.ndarray:
-    """Token slots each example fills (real tokens selected), per layer pair ``[rows]``.
+def filled_tokens(spec: KnowledgeSpec, lengths: np.ndarray, n_sep: np.ndarray) -> np.ndarray:
+    """Real-token slots each example fills (real tokens selected), per layer pair ``[rows]``.
 
     ``lengths`` are real-token counts, ``n_sep`` the [SEP] tokens of each example. A length
     strategy registered by a plugin is counted as ``min(k, length)``. Under ``padding:
-    include`` every example is ``max_len`` long (its padding slots are stored and trained on).
+    include`` padding ranks after every real token (and an excluded [SEP] is never valid), so
+    the real tokens kept are the same as without it: the padding slots it stores are not
+    counted here.
     """
-    if spec.padding == "include" and max_len:
-        lengths = np.full_like(lengths, max_len)
     if spec.length == "cls":
         return np.ones_like(lengths)
     if spec.length == "all":
@@ -90,7 +89,7 @@ def plan_cache(s, job, device: torch.device, out: Path, timing_batches: int = 3)
         else np.zeros_like(lengths)
     n_student = job.fingerprint["student_layers"]
     full_values = (n_student + 1) * int(lengths.sum()) * d
-    kept = int(filled_tokens(spec, lengths, n_sep, job.max_len).sum()) * len(plan.pairs) * width if spec.hidden else 0
+    kept = int(filled_tokens(spec, lengths, n_sep).sum()) * len(plan.pairs) * width if spec.hidden else 0
     where = out.parent
     while not where.exists():
         where = where.parent

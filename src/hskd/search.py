@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hskd.errors import HskdError
-from hskd.sweep import Point, _values, point_spec
+from hskd.sweep import Point, _values, point_spec, train_lengths
 
 DEFAULT_LENGTH = "1,2,5,10,20,all"
 DEFAULT_WIDTH = "0.01,0.02,0.05,0.1,0.2,0.5,1"
@@ -207,6 +207,7 @@ def _run_search(s, depth, length, width, seeds, lock) -> SearchResult:
         pipeline.make_cache(pipeline.with_changes(s, output_dir=str(cache_dir), knowledge=big.to_dict(),
                                                   overwrite=False))
     reader = CacheReader(cache_dir)
+    row_lengths = train_lengths(s, data, max_len, reader)
     m = reader.manifest
     rows, d = m["rows"], m["teacher_hidden"]
     seconds: dict = {}  # point name -> training seconds of each seed; "metric" -> the metric's name
@@ -237,12 +238,12 @@ def _run_search(s, depth, length, width, seeds, lock) -> SearchResult:
 
     result = search_minimum(evaluate, cost, depths, lengths, widths, seeds, s.tolerance)
     grid = len(depths) * len(lengths) * len(widths) * len(seeds)  # the full grid's runs, for comparison
-    _write_outputs(out, s, result, reader, spec_of, n_student, seconds, data.task.name, seeds, grid)
+    _write_outputs(out, s, result, reader, spec_of, n_student, seconds, data.task.name, seeds, grid, row_lengths)
     return result
 
 
 def _write_outputs(out: Path, s, result: SearchResult, reader, spec_of, n_student, seconds, task, seeds,
-                   grid: int) -> None:
+                   grid: int, row_lengths) -> None:
     from hskd.report import plot_marginal_utility
     from hskd.runs import write_atomic, write_json
 
@@ -252,7 +253,7 @@ def _write_outputs(out: Path, s, result: SearchResult, reader, spec_of, n_studen
         p = mm.point
         plan = spec_of(p).resolve(n_student, reader.manifest["teacher_layers"])
         rows.append({"stage": mm.stage, "point": p.name, "layers": p.layers, "tokens": p.tokens or "all",
-                     "width": p.width, "hsk_fraction": reader.hsk_fraction(plan), "cache_bytes": int(mm.cost),
+                     "width": p.width, "hsk_fraction": reader.hsk_fraction(plan, row_lengths), "cache_bytes": int(mm.cost),
                      "metric": metric, "mean": round(mm.mean, 3), "std": round(mm.std, 3),
                      "values": " ".join(f"{v:.2f}" for v in mm.values), "gap": round(mm.gap, 3),
                      "stderr": round(mm.stderr, 3), "passes": mm.passes, "within_noise": mm.within_noise,

@@ -93,6 +93,19 @@ def point_spec(p: Point, s: Settings, max_len: int) -> KnowledgeSpec:
                          rank_by=s.rank_by or "probs", padding=s.hsk_padding or "exclude")
 
 
+def train_lengths(s: Settings, data, max_len: int, reader: CacheReader):
+    """Real tokens of each training row ``[rows]`` as the cache's teacher tokenizes them, for
+    :meth:`CacheReader.hsk_fraction`; ``None`` when the cache stores no padding slots
+    (``--hsk-padding exclude``), where they are not needed."""
+    if reader.manifest["fingerprint"]["spec"].get("padding", "exclude") != "include":
+        return None
+    from hskd import models
+    from hskd.data import tokenize
+
+    tokenizer = models.load_tokenizer(models.resolve_model(s.teacher))
+    return tokenize(data.train, tokenizer, max_len)["length"]
+
+
 def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool = False) -> list[dict]:
     """Extract one cache at the largest budget, train a student per point, write
     ``results.csv`` and ``marginal_utility.png``. Finished points are kept and skipped."""
@@ -126,6 +139,7 @@ def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool
     if not (cache_dir / "manifest.json").exists():
         pipeline.make_cache(pipeline.with_changes(s, output_dir=str(cache_dir), knowledge=big.to_dict(), overwrite=False))
     reader = CacheReader(cache_dir)
+    lengths = train_lengths(s, data, max_len, reader)
     baseline = pipeline.train_job(pipeline.with_changes(s, output_dir=str(out / "student-finetune"), recipe="finetune",
                                                   resume=True), "finetune", backbone=s.student_model,
                                    layers=pipeline.parse_layers(s.student_layers),
@@ -144,7 +158,7 @@ def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool
                                      layers=pipeline.parse_layers(s.student_layers),
                                      learning_rate=s.student_learning_rate, reuse=True,
                                      hidden_size=s.student_hidden_size)
-        fraction = reader.hsk_fraction(plan)
+        fraction = reader.hsk_fraction(plan, lengths)
         rows.append({"panel": p.panel, "point": p.name, "layers": p.layers, "tokens": p.tokens or "all",
                      "width": p.width, "hsk_fraction": fraction,
                      "cache_bytes": int(round(fraction * reader.manifest["full_hsk_bytes"])),
