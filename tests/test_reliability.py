@@ -234,3 +234,37 @@ def test_settings_added_later_leave_older_runs_recognised_and_search_controls_ou
     stopped = fingerprint_settings(Settings(task="MRPC", early_stopping_patience=2), "finetune")
     assert stopped["early_stopping_patience"] == 2
     assert fingerprint_settings(Settings(task="MRPC", recipe="mud", storage="fp8"), "run")["storage"] == "fp8"
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 13632")])
+def test_a_full_disk_is_one_line_keeps_the_run_and_resume_finishes_it(tmp_path, capsys, monkeypatch,
+                                                                                tiny_glue, tiny_backbone, error):
+    import transformers
+
+    out = tmp_path / "run"
+    args = ("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone, "--output-dir", out,
+            *TINY)
+
+    def full(*_, **__):
+        raise error
+
+    with monkeypatch.context() as m:
+        m.setattr(transformers.Trainer, "_save_checkpoint", full)
+        assert run_cli(*args) == 2
+    assert "no space left on the device" in _error_line(capsys)
+    assert out.exists() and json.loads((out / "hskd.json").read_text())["status"] != "complete"  # kept, unfinished
+    assert run_cli(*args, "--resume") == 0
+    assert json.loads((out / "hskd.json").read_text())["status"] == "complete"
+
+
+def test_other_crashes_are_not_called_a_full_disk(monkeypatch, tiny_glue, tiny_backbone, tmp_path):
+    import transformers
+
+    def broken(*_, **__):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        run_cli("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone,
+                "--output-dir", tmp_path / "run", *TINY)

@@ -166,6 +166,28 @@ def main(argv: list[str] | None = None) -> int:
     except HskdError as exc:  # the job's OutputLock has already removed what it created
         print(f"hskd: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        # the output folder is kept (only a user error removes it): finished seeds, stages and
+        # checkpoints stay, and an interrupted checkpoint save is dropped on the next run
+        print("hskd: error: no space left on the device while writing; free some space and run the same "
+              "command with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 2
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk: ``OSError`` ENOSPC, or the message
+    torch's and safetensors' writers raise for it, which carry no errno."""
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc) or "unexpected pos" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _terminal(quiet: bool, verbose: bool) -> None:
