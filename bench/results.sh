@@ -65,6 +65,13 @@ step() {
                   $H distill --task CoLA --data-dir "$G" --cache cola12/cache-full --recipe mud --knowledge "$k" \
                     --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir "cola12/mud-$k" --quiet
                 done ;;
+    sst2-10k-preset) # --preset mud beside hskd's defaults at 1l_10t_0.1h, the same 1 + 1 epochs, lr and evaluations
+                N="--max-train-samples 10000"
+                $H cache --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --preset mud --knowledge 1l_10t \
+                  --student-layers 3 --output-dir sst2-10k/cache-preset --quiet
+                $H distill --task SST-2 --data-dir "$G" $N --cache sst2-10k/cache-preset --preset mud \
+                  --knowledge 1l_10t_0.1h --hsk-epochs 1 --num-train-epochs 1 --student-learning-rate 1e-4 \
+                  --hsk-learning-rate 1e-4 --save-steps 313 --seeds 42,43,44 --output-dir sst2-10k/mud-preset --quiet ;;
     sst2-10k-budgets) # MUD's budget table on SST-2's first 10,000 rows (after sst2-10k-ird), 1 + 1 epochs
                 N="--max-train-samples 10000"
                 $H cache --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --knowledge 4l_64t \
