@@ -41,6 +41,9 @@ step() {
                   $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe $r --num-train-epochs 3 \
                     --seeds 42,43,44 --output-dir "mrpc12/$r" --quiet
                 done ;;
+    mrpc12-pkd-preset) # PKD-Skip with --preset pkd (lr 1e-5, beta 500, 4 epochs), beside step mrpc12-pkd's defaults
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset pkd --recipe pkd-skip \
+                  --seeds 42,43,44 --output-dir mrpc12/pkd-skip-preset --quiet ;;
     cola12-teacher) # the CoLA teacher as long as dev MCC improves (12 epochs at most, patience 2)
                 $H finetune --task CoLA --data-dir "$G" --num-train-epochs 12 --early-stopping-patience 2 \
                   --output-dir cola12/teacher --quiet ;;
