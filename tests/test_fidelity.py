@@ -534,12 +534,12 @@ def test_padding_included_online_and_from_a_cache_and_a_mismatched_cache_is_refu
     from hskd.sweep import train_lengths
 
     s = Settings(task="SST-2", data_dir=str(tiny_glue), teacher=str(tiny_teacher))
-    reader = CacheReader(tmp_path / "cache")
-    lengths = train_lengths(s, load_data(s), 10, reader)
-    plan = KnowledgeSpec.from_dict(reader.manifest["fingerprint"]["spec"]).resolve(2, reader.manifest["teacher_layers"])
+    data, reader = load_data(s), CacheReader(tmp_path / "cache")
+    lengths = train_lengths(s, data, 10, reader)
+    plan = reader.spec.resolve(2, reader.manifest["teacher_layers"])
     assert reader.hsk_fraction(plan, lengths) == pytest.approx(padded["hsk_fraction"])  # what sweep/search report
     assert reader.hsk_fraction(plan) > padded["hsk_fraction"]  # the padding slots, counted without the lengths
-    assert train_lengths(s, load_data(s), 10, CacheReader(tmp_path / "cache-default")) is None
+    assert train_lengths(s, data, 10, CacheReader(tmp_path / "cache-default")) is None
     assert run_cli("distill", *common, "--cache", tmp_path / "cache", "--output-dir", tmp_path / "cached") == 0
     online = json.loads((tmp_path / "online" / "hskd.json").read_text())["stages"][0]["train_loss"]
     cached = json.loads((tmp_path / "cached" / "hskd.json").read_text())["stages"][0]["train_loss"]

@@ -34,7 +34,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hskd.cache_card import readme_text
-from hskd.cache_reader import CacheReader, partial_dir, real_slots, refuse_uncacheable  # noqa: F401 - re-exported: the cache's reader
+from hskd.cache_reader import CacheReader, partial_dir, real_slots, refuse_uncacheable  # noqa: F401 - CacheReader re-exported
 from hskd.device import is_main_process
 from hskd.errors import HskdError
 from hskd.files import read_json, write_atomic, write_json

@@ -97,7 +97,7 @@ def train_lengths(s: Settings, data, max_len: int, reader: CacheReader):
     """Real tokens of each training row ``[rows]`` as the cache's teacher tokenizes them, for
     :meth:`CacheReader.hsk_fraction`; ``None`` when the cache stores no padding slots
     (``--hsk-padding exclude``), where they are not needed."""
-    if reader.manifest["fingerprint"]["spec"].get("padding", "exclude") != "include":
+    if reader.spec.padding != "include":
         return None
     from hskd import models
     from hskd.data import tokenize
