@@ -249,6 +249,9 @@ def test_presets_set_the_official_values_and_flags_win():
     tiny = resolve({"preset": "tinybert", "recipe": "tinybert"}, None, recipe_defaults)
     assert tiny.recipe == "tinybert-2stage" and [st["name"] for st in load_recipe(tiny.recipe)["stages"]] == [
         "intermediate", "prediction"]
+    ird = resolve({"preset": "ird"}, None, recipe_defaults)  # each internal stage "to convergence"
+    assert (ird.recipe, ird.stage_convergence, ird.stage_epochs) == ("ird", 0.01, 10.0)
+    assert resolve({"preset": "ird", "stage_epochs": 3.0}, None, recipe_defaults).stage_epochs == 3.0
     with pytest.raises(HskdError, match="describes recipe"):
         resolve({"preset": "pkd", "recipe": "mud"}, None, recipe_defaults)
 

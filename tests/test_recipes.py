@@ -86,6 +86,34 @@ def test_progressive_run_trains_each_stage_for_its_epochs(tmp_path, tiny_glue, t
         ("layer1", 4), ("layer2", 4), ("prediction", 2)]
 
 
+def test_epoch_losses_and_the_convergence_rule():
+    from hskd.convergence import epoch_mean_losses, has_converged
+
+    history = [{"loss": 4.0, "epoch": 0.5}, {"loss": 2.0, "epoch": 1.0}, {"eval_accuracy": 0.5, "epoch": 1.0},
+               {"loss": 1.5, "epoch": 1.5}, {"loss": 1.3, "epoch": 2.0}, {"loss": 1.39, "epoch": 3.0},
+               {"train_runtime": 1.0, "epoch": 3.0}]
+    assert epoch_mean_losses(history) == {0: 3.0, 1: 1.4, 2: 1.39}
+    assert not has_converged(3.0, 1.4, 0.01)  # 53 % lower: keep going
+    assert has_converged(1.4, 1.39, 0.01)  # 0.7 % lower: converged
+    assert has_converged(1.39, 1.5, 0.01)  # rising: converged
+
+
+def test_stage_convergence_ends_internal_stages_not_the_prediction_stage(tmp_path, tiny_glue, tiny_teacher,
+                                                                         tiny_narrow):
+    # tolerance 10: no epoch lowers the loss by 1000 %, so each internal stage stops after its
+    # second epoch (the first one it can compare) instead of its 8; the prediction stage keeps
+    # its 2 epochs (it has a dev metric; convergence does not apply)
+    _, record = _distill(tmp_path, tiny_glue, tiny_teacher, tiny_narrow, "ird",
+                         ["--ird-schedule", "progressive", "--stage-epochs", "8", "--stage-convergence", "10",
+                          "--num-train-epochs", "2"], ["--teacher", tiny_teacher])
+    # 16 rows, batch 8: 2 steps an epoch
+    assert [(r["stage"], r["global_step"], r["max_steps"]) for r in record["stages"]] == [
+        ("layer1", 4, 16), ("layer2", 4, 16), ("prediction", 4, 4)]
+    internal = record["stages"][0]["epoch_train_loss"]
+    assert len(internal) == 2 and all(v > 0 for v in internal)
+    assert "epoch_train_loss" not in record["stages"][-1]
+
+
 class _Kill(TrainerCallback):
     """Simulates a kill right after the checkpoint at ``step`` is written."""
 

@@ -70,8 +70,10 @@ PRESETS: dict[str, dict] = {
         "source": "Aguilar et al. 2020 (AAAI), the paper's text (no code was released)",
         "recipes": {"ird": "ird"},
         # the text gives the losses (KL on attentions, 1 - cos on [CLS]) and the schedules, which the
-        # ird recipe follows; it states no reduction and no hyper-parameters beyond those
-        "settings": {},
+        # ird recipe follows, and trains each internal stage until its loss converges; it states no
+        # reduction and no numbers for that, so the tolerance (1 % an epoch) and the cap (10
+        # epochs a stage) are hskd's
+        "settings": {"stage_convergence": 0.01, "stage_epochs": 10.0},
     },
 }
 

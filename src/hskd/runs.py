@@ -30,7 +30,8 @@ RUN_CONTROL = {"output_dir", "overwrite", "resume", "quiet", "callbacks", "cache
 LATER_DEFAULTS = {"bf16": False, "fp16": False, "gradient_accumulation_steps": 1, "preset": None, "kd_form": None,
                   "kd_reduction": None, "kd_temperature_scaling": None, "pkd_states": None,
                   "hidden_width_loss": None, "attention_kl_average": None, "rank_layer": None, "rank_by": None,
-                  "hsk_padding": None, "hsk_lr_scheduler": None, "storage": None, "early_stopping_patience": None}
+                  "hsk_padding": None, "hsk_lr_scheduler": None, "storage": None, "early_stopping_patience": None,
+                  "stage_convergence": None}
 
 
 # Later settings whose explicit default spelling must fingerprint as their absence.

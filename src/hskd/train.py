@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from hskd.checkpoints import AtomicCheckpoints, last_complete_checkpoint
+from hskd.convergence import StageConvergence, epoch_mean_losses
 from hskd.data import MODEL_INPUTS
 from hskd.device import resolve_device
 from hskd.errors import HskdError
@@ -264,6 +265,9 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
         from transformers import EarlyStoppingCallback
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=s.early_stopping_patience))
+    converge = bool(s.stage_convergence) and not stage.select_best
+    if converge:  # no dev metric here: stop once an epoch no longer lowers the training loss
+        callbacks.append(StageConvergence(s.stage_convergence))
     trainer = DistillationTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_ds, eval_dataset=dev_ds,
         compute_metrics=metrics_fn(task), objective=stage.objective,
@@ -281,6 +285,8 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
     metrics["max_steps"] = trainer.state.max_steps
     if isinstance(trainer.knowledge_source, CachedKnowledge):
         metrics["cache_read_seconds"] = trainer.cache_read_seconds
+    if converge:
+        metrics["epoch_train_loss"] = list(epoch_mean_losses(trainer.state.log_history).values())
     best = trainer.state.best_metric
     if best is not None:
         metrics["best_dev_metric"] = best
