@@ -47,28 +47,31 @@ step() {
                   $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset pkd --recipe $r \
                     --seeds 42,43,44 --output-dir mrpc12/$r-preset --quiet
                 done ;;
-    mrpc12-ird-preset) # IRD `all` with --preset ird: the internal stage until an epoch lowers its loss by < 1 %
-                # (10 epochs at most), then 2 prediction epochs as in step mrpc12-ird
-                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird --ird-schedule all \
-                  --num-train-epochs 2 --seeds 42,43,44 --output-dir mrpc12/ird-all-preset --quiet ;;
-    cola12-methods) # PKD's table and the other one-stage methods on CoLA, 3 seeds, 3 epochs (after cola12-teacher)
+    cola12-methods) # PKD's table on CoLA, 3 seeds, 3 epochs (after cola12-teacher)
                 $H finetune --task CoLA --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir cola12/student-finetune --quiet
-                for r in kd pkd-skip pkd-last tinybert; do
+                for r in kd pkd-skip pkd-last; do
                   $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe $r --num-train-epochs 3 \
                     --seeds 42,43,44 --output-dir "cola12/$r" --quiet
+                done ;;
+    cola12-methods-2l) # PKD's table at a second student depth: 2 of the teacher's 6 layers (PKD: 3 of 12)
+                $H finetune --task CoLA --data-dir "$G" --layers 2 --learning-rate 1e-4 --num-train-epochs 3 \
+                  --seeds 42,43,44 --output-dir cola12/l2-finetune --quiet
+                for r in kd pkd-skip pkd-last; do
+                  $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe $r --student-layers 2 \
+                    --num-train-epochs 3 --seeds 42,43,44 --output-dir "cola12/l2-$r" --quiet
                 done ;;
     cola12-ird) # Aguilar's three schedules on CoLA, 3 seeds, as step mrpc12-ird
                 for s in all progressive stacked; do e=1; [ "$s" = all ] || e=0.34
                   $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe ird --ird-schedule $s \
                     --stage-epochs $e --num-train-epochs 2 --seeds 42,43,44 --output-dir "cola12/ird-$s" --quiet
                 done ;;
-    sst2-10k-methods) # PKD's table and tinybert on SST-2's first 10,000 rows, 3 seeds, 1 epoch (after
+    sst2-10k-methods) # PKD's table on SST-2's first 10,000 rows, 3 seeds, 1 epoch (after
                 # sst2-10k-ird, whose ft and kd runs it extends to a third seed)
                 N="--max-train-samples 10000"
                 $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-4 --num-train-epochs 1 \
                   --seeds 42,43,44 --output-dir sst2-10k/ft --quiet
-                for r in kd pkd-skip pkd-last tinybert; do
+                for r in kd pkd-skip pkd-last; do
                   $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --recipe $r --num-train-epochs 1 \
                     --seeds 42,43,44 --output-dir "sst2-10k/$r" --quiet
                 done ;;
@@ -216,7 +219,7 @@ if [ "${1:-}" = all ]; then
            sst2-pkd-skip sst2-pkd-last sst2-sweep-mud1 cola sst2-ird-all sst2-ird-progressive sst2-ird-stacked \
            i15-storage i15-search mrpc12-teacher mrpc12-caches mrpc12-seeds mrpc12-finetune mrpc12-pkd \
            mrpc12-pkd-preset cola12-teacher mrpc12-budgets mrpc12-ird cola12-budgets sst2-10k-ird sst2-10k-budgets \
-           sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods mrpc12-ird-preset report; do step $s; done
+           sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods cola12-methods-2l report; do step $s; done
 else
   step "$1"
 fi
