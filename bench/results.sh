@@ -194,14 +194,14 @@ step() {
                       --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 --output-dir $d/mud-$st --quiet
                   done
                 done ;;
-    sst2-10k-ird) # issue 12: why IRD fell below fine-tuning (SST-2's first 10,000 rows, 2 seeds each)
+    sst2-10k-ird) # issue 12: why IRD fell below fine-tuning (SST-2's first 10,000 rows, 3 seeds each)
                 N="--max-train-samples 10000"
                 $H finetune --task SST-2 --data-dir "$G" $N --num-train-epochs 2 --output-dir sst2-10k/teacher --quiet
                 $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-4 --num-train-epochs 1 \
-                  --seeds 42,43 --output-dir sst2-10k/ft --quiet
+                  --seeds 42,43,44 --output-dir sst2-10k/ft --quiet
                 for v in "ird 1" "ird-beta50 1 --beta 50" "ird-3ep 3"; do set -- $v
                   $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --recipe ird --ird-schedule all \
-                    --stage-epochs $2 ${3:-} ${4:-} --num-train-epochs 1 --seeds 42,43 --output-dir "sst2-10k/$1" --quiet
+                    --stage-epochs $2 ${3:-} ${4:-} --num-train-epochs 1 --seeds 42,43,44 --output-dir "sst2-10k/$1" --quiet
                 done ;;
     i15-search) # issue 15: the minimum-budget search on MRPC, 2 seeds a point (in ./i15, after i15-storage)
                 cd i15
