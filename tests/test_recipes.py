@@ -87,15 +87,35 @@ def test_progressive_run_trains_each_stage_for_its_epochs(tmp_path, tiny_glue, t
 
 
 def test_epoch_losses_and_the_convergence_rule():
-    from hskd.convergence import epoch_mean_losses, has_converged
+    from transformers import TrainerControl, TrainerState
 
-    history = [{"loss": 4.0, "epoch": 0.5}, {"loss": 2.0, "epoch": 1.0}, {"eval_accuracy": 0.5, "epoch": 1.0},
-               {"loss": 1.5, "epoch": 1.5}, {"loss": 1.3, "epoch": 2.0}, {"loss": 1.39, "epoch": 3.0},
-               {"train_runtime": 1.0, "epoch": 3.0}]
-    assert epoch_mean_losses(history) == {0: 3.0, 1: 1.4, 2: 1.39}
-    assert not has_converged(3.0, 1.4, 0.01)  # 53 % lower: keep going
+    from hskd.convergence import StageConvergence, epoch_mean_losses, has_converged
+
+    # logs at steps 1, 4 (end of epoch 0), 6, 8 (end of epoch 1), 12 (end of epoch 2): each log is
+    # the mean over the steps since the one before, so epoch 0's mean is (1*4 + 3*2) / 4
+    history = [{"loss": 4.0, "epoch": 0.25, "step": 1}, {"loss": 2.0, "epoch": 1.0, "step": 4},
+               {"eval_accuracy": 0.5, "epoch": 1.0, "step": 4}, {"loss": 1.5, "epoch": 1.5, "step": 6},
+               {"loss": 1.3, "epoch": 2.0, "step": 8}, {"loss": 1.39, "epoch": 3.0, "step": 12},
+               {"train_runtime": 1.0, "epoch": 3.0, "step": 12}]
+    assert epoch_mean_losses(history) == pytest.approx({0: 2.5, 1: 1.4, 2: 1.39})
+    assert not has_converged(2.5, 1.4, 0.01)  # 44 % lower: keep going
     assert has_converged(1.4, 1.39, 0.01)  # 0.7 % lower: converged
     assert has_converged(1.39, 1.5, 0.01)  # rising: converged
+
+    def decide(log, epoch, tolerance=0.01):
+        state, control = TrainerState(epoch=epoch, log_history=log), TrainerControl()
+        StageConvergence(tolerance).on_epoch_end(None, state, control)
+        return control.should_training_stop
+
+    assert not decide(history[:2], 1.0)  # one epoch: nothing to compare
+    assert not decide(history[:5], 2.0)  # epoch 1 is 44 % below epoch 0
+    assert decide(history, 3.0)  # epoch 2 is 0.7 % below epoch 1
+    assert not decide(history, 3.0, tolerance=0.005)
+    control = TrainerControl()
+    StageConvergence(0.01).on_step_end(None, TrainerState(epoch=2.0), control)
+    assert control.should_log  # every epoch ends with a log of its own
+    with pytest.raises(ValueError):
+        StageConvergence(0.0)
 
 
 def test_stage_convergence_ends_internal_stages_not_the_prediction_stage(tmp_path, tiny_glue, tiny_teacher,
@@ -110,7 +130,7 @@ def test_stage_convergence_ends_internal_stages_not_the_prediction_stage(tmp_pat
     assert [(r["stage"], r["global_step"], r["max_steps"]) for r in record["stages"]] == [
         ("layer1", 4, 16), ("layer2", 4, 16), ("prediction", 4, 4)]
     internal = record["stages"][0]["epoch_train_loss"]
-    assert len(internal) == 2 and all(v > 0 for v in internal)
+    assert list(internal) == ["0", "1"] and all(v > 0 for v in internal.values())
     assert "epoch_train_loss" not in record["stages"][-1]
 
 
@@ -123,6 +143,25 @@ class _Kill(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step >= self.step:
             raise KeyboardInterrupt("killed")
+
+
+def test_a_stage_killed_after_it_converged_resumes_to_its_end(tmp_path, tiny_glue, tiny_teacher, tiny_narrow):
+    from hskd.pipeline import distill
+
+    def settings(**kw):
+        return Settings(task="SST-2", data_dir=str(tiny_glue), teacher=str(tiny_teacher), student_model=str(tiny_narrow),
+                        student_layers="2", recipe="ird", output_dir=str(tmp_path / "ird"), batch_size=8, quiet=True,
+                        logging_steps=1, **{**recipe_defaults("ird"), "stage_epochs": 8.0, "num_train_epochs": 1.0,
+                                            "ird_schedule": "all", "stage_convergence": 10.0}, **kw)
+
+    # tolerance 10: the internal stage converges after epoch 2 (step 4); the kill comes as epoch
+    # 2's checkpoint is saved, before the stage has ended
+    killed = settings()
+    killed.callbacks = [_Kill(4)]
+    with pytest.raises(KeyboardInterrupt):
+        distill(killed)
+    resumed = distill(settings(resume=True))
+    assert [(r["stage"], r["global_step"]) for r in resumed["stages"]] == [("internal", 4), ("prediction", 2)]
 
 
 def test_resume_reaches_the_planned_step_count_and_the_same_weights(tmp_path, tiny_glue, tiny_teacher, tiny_narrow):

@@ -226,7 +226,7 @@ def test_settings_added_later_leave_older_runs_recognised_and_search_controls_ou
         fp = fingerprint_settings(base, job)
         # at their defaults, the settings of the storage and search work are not in the
         # fingerprint, so a folder made before them is still the same run (not "pass --overwrite")
-        assert not {"storage", "early_stopping_patience", "tolerance", "dry_run"} & set(fp), job
+        assert not {"storage", "early_stopping_patience", "stage_convergence", "tolerance", "dry_run"} & set(fp), job
     # the search's tolerance and the planner's dry-run do not change a point's result
     assert fingerprint_settings(Settings(task="MRPC", recipe="mud", tolerance=1.0), "distill") == \
         fingerprint_settings(base, "distill")
@@ -234,6 +234,10 @@ def test_settings_added_later_leave_older_runs_recognised_and_search_controls_ou
     stopped = fingerprint_settings(Settings(task="MRPC", early_stopping_patience=2), "finetune")
     assert stopped["early_stopping_patience"] == 2
     assert fingerprint_settings(Settings(task="MRPC", recipe="mud", storage="fp8"), "run")["storage"] == "fp8"
+    # convergence of the distillation stages changes a student, never the teacher it learns from
+    converging = Settings(task="MRPC", recipe="ird", stage_convergence=0.01)
+    assert fingerprint_settings(converging, "distill")["stage_convergence"] == 0.01
+    assert "stage_convergence" not in fingerprint_settings(converging, "finetune")
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"),

@@ -86,8 +86,10 @@ class Settings:
                                    STUDENT, choices=('all', 'progressive', 'stacked'))
     stage_epochs: float = opt(1.0, 'ird: epochs per internal stage', STUDENT, above=0)
     stage_convergence: float | None = opt(None, 'train each stage without a dev metric (ird\'s internal stages, '
-                                                'mud\'s HSK stage) until an epoch lowers its mean training loss by '
-                                                'less than this fraction (e.g. 0.01); its epochs stay the upper bound',
+                                                'mud\'s HSK stage, tinybert-2stage\'s intermediate stage) until an '
+                                                'epoch lowers its mean training loss by less than this fraction '
+                                                '(e.g. 0.01); its epochs (--stage-epochs, --hsk-epochs) stay the '
+                                                'upper bound',
                                           STUDENT, above=0)
     cache: str | None = opt(None, 'train from this knowledge cache; the teacher is not loaded', ('distill',))
     storage: str | None = opt(None, 'hidden values in the cache: fp16, bf16, int8 (default; scale per token row), '

@@ -2,13 +2,16 @@
 
 Aguilar et al. (AAAI 2020, Sec. 4) train each internal stage of their progressive and stacked
 schedules until its loss converges, not for a fixed number of epochs. A stage without a dev
-metric of its own (IRD's internal stages, MUD's HSK stage, TinyBERT's intermediate stage) has
-only its training loss to tell; ``--stage-convergence TOL`` stops it after the first epoch whose
-mean logged loss is less than ``TOL`` (relative) below the epoch before, with the stage's epochs
-as the upper bound.
+metric of its own (IRD's internal stages, MUD's HSK stage, MiniLM's relation stage, TinyBERT's
+intermediate stage) has only its training loss to tell; ``--stage-convergence TOL`` stops it
+after the first epoch whose mean training loss is less than ``TOL`` (relative) below the epoch
+before, the stage's epochs being the upper bound.
 
-The per-epoch means are recomputed from ``TrainerState.log_history`` at every epoch's end, which
-a checkpoint restores, so a resumed stage stops where an uninterrupted one would.
+The per-epoch means come from ``TrainerState.log_history``, which a checkpoint restores, and
+every epoch ends with a log of its own, so no log window spans two epochs. A stage resumed from
+a checkpoint at an epoch's end makes the decision an uninterrupted one made (``run_stage`` asks
+:func:`converged` of the checkpoint first); from a mid-epoch checkpoint (``--save-steps``) the
+steps between its last log and the checkpoint are not in that epoch's mean.
 """
 
 from __future__ import annotations
@@ -18,20 +21,31 @@ import math
 from transformers import TrainerCallback
 
 
-def epoch_mean_losses(log_history: list[dict]) -> dict[int, float]:
-    """The mean of the logged training losses of each epoch, by 0-based epoch index.
+def epoch_index(epoch: float) -> int:
+    """The 0-based epoch a point of training at fractional ``epoch`` belongs to: ``ceil(e) - 1``
+    (exactly 1.0 is the end of epoch 0)."""
+    return max(math.ceil(float(epoch) - 1e-9) - 1, 0)
 
-    A log at fractional epoch ``e`` belongs to epoch ``ceil(e) - 1`` (a log at exactly 1.0 closes
-    epoch 0). Entries without a ``loss`` (evaluations, the final summary) are ignored; an epoch
-    with no training log is absent.
+
+def epoch_mean_losses(log_history: list[dict]) -> dict[int, float]:
+    """The mean training loss of each epoch, by 0-based epoch index, each log weighted by the
+    optimizer steps it covers (its ``step`` less the previous log's).
+
+    Entries without a ``loss`` (evaluations, the final summary) are ignored; an epoch with no
+    training log is absent.
     """
-    sums: dict[int, list[float]] = {}
+    totals: dict[int, list[float]] = {}
+    previous = 0
     for entry in log_history:
         if "loss" not in entry or "epoch" not in entry:
             continue
-        index = max(math.ceil(float(entry["epoch"]) - 1e-9) - 1, 0)
-        sums.setdefault(index, []).append(float(entry["loss"]))
-    return {i: sum(v) / len(v) for i, v in sorted(sums.items())}
+        step = int(entry.get("step", previous + 1))
+        weight = max(step - previous, 1)
+        previous = step
+        total = totals.setdefault(epoch_index(entry["epoch"]), [0.0, 0.0])
+        total[0] += weight * float(entry["loss"])
+        total[1] += weight
+    return {i: s / w for i, (s, w) in sorted(totals.items())}
 
 
 def has_converged(previous: float, current: float, tolerance: float) -> bool:
@@ -42,20 +56,35 @@ def has_converged(previous: float, current: float, tolerance: float) -> bool:
     return (previous - current) / abs(previous) < tolerance
 
 
+def converged(log_history: list[dict], epochs_done: int, tolerance: float) -> bool:
+    """Whether the stage stops after ``epochs_done`` complete epochs: the last of them lowered the
+    mean loss of the one before by less than ``tolerance``. False with fewer than two epochs
+    logged."""
+    means = epoch_mean_losses(log_history)
+    last = epochs_done - 1
+    return last - 1 in means and last in means and has_converged(means[last - 1], means[last], tolerance)
+
+
 class StageConvergence(TrainerCallback):
-    """Stops training at the end of an epoch whose mean training loss is less than
-    ``tolerance`` (relative) below the previous epoch's. Needs at least one training log per
-    epoch (``--logging-steps`` below the steps of an epoch); an epoch without one never stops
-    the stage."""
+    """Logs at every epoch's end and stops training at the end of an epoch whose mean training
+    loss is less than ``tolerance`` (relative) below the previous epoch's.
+
+    Raises:
+        ValueError: ``tolerance`` is not above 0.
+    """
 
     def __init__(self, tolerance: float):
         if not tolerance > 0:
             raise ValueError(f"tolerance must be above 0, got {tolerance}")
         self.tolerance = tolerance
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.epoch is not None and abs(state.epoch - round(state.epoch)) < 1e-9:
+            control.should_log = True  # the epoch's last window ends with the epoch
+        return control
+
     def on_epoch_end(self, args, state, control, **kwargs):
-        means = epoch_mean_losses(state.log_history)
-        done = round(state.epoch or 0) - 1  # the epoch that just ended
-        if done - 1 in means and done in means and has_converged(means[done - 1], means[done], self.tolerance):
+        done = epoch_index(state.epoch or 0) + 1  # complete epochs, the one that just ended included
+        if converged(state.log_history, done, self.tolerance):
             control.should_training_stop = True
         return control

@@ -38,7 +38,7 @@ LATER_DEFAULTS = {"bf16": False, "fp16": False, "gradient_accumulation_steps": 1
 DEFAULT_SPELLINGS = {"hsk_padding": "exclude"}
 # Later distillation-only settings, never part of a fine-tuning fingerprint (the earlier ones stay
 # in it, so that teachers fingerprinted with them are still recognised).
-NOT_FINETUNE = {"hsk_padding"}
+NOT_FINETUNE = {"hsk_padding", "stage_convergence"}
 
 COMMON = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "labels",
           "task_type", "max_train_samples", "max_eval_samples", "max_seq_length", "num_train_epochs",

@@ -7,6 +7,7 @@ checkpoint/resume (optimizer, scheduler and RNG state) and DDP under ``torchrun`
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -18,7 +19,7 @@ from transformers import TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from hskd.checkpoints import AtomicCheckpoints, last_complete_checkpoint
-from hskd.convergence import StageConvergence, epoch_mean_losses
+from hskd.convergence import StageConvergence, converged, epoch_mean_losses
 from hskd.data import MODEL_INPUTS
 from hskd.device import resolve_device
 from hskd.errors import HskdError
@@ -252,6 +253,15 @@ def metrics_fn(task: TaskSpec):
     return compute
 
 
+def stop_if_converged(trainer, checkpoint: Path, tolerance: float) -> None:
+    """A stage resumed from the checkpoint of an epoch after which it had converged (killed
+    before it finished) trains no further: the Trainer ends at the checkpoint's step."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    epoch = float(state.get("epoch") or 0)
+    if abs(epoch - round(epoch)) < 1e-9 and converged(state.get("log_history", []), round(epoch), tolerance):
+        trainer.args.max_steps = int(state["global_step"])
+
+
 def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: TaskSpec, s, train_ds,
               dev_ds, collator, knowledge_source, resume: bool) -> dict:
     """Train one stage; resume from its newest complete checkpoint when asked and one exists.
@@ -276,6 +286,8 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
     if resume and torch.distributed.is_available() and torch.distributed.is_initialized():
         # every rank resumes from the checkpoint rank 0 chose
         checkpoint = _broadcast(checkpoint)
+    if converge and checkpoint is not None:
+        stop_if_converged(trainer, Path(checkpoint), s.stage_convergence)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - start
@@ -286,7 +298,7 @@ def run_stage(stage_dir: Path, stage: Stage, model: DistillationModel, task: Tas
     if isinstance(trainer.knowledge_source, CachedKnowledge):
         metrics["cache_read_seconds"] = trainer.cache_read_seconds
     if converge:
-        metrics["epoch_train_loss"] = list(epoch_mean_losses(trainer.state.log_history).values())
+        metrics["epoch_train_loss"] = {str(i): v for i, v in epoch_mean_losses(trainer.state.log_history).items()}
     best = trainer.state.best_metric
     if best is not None:
         metrics["best_dev_metric"] = best
