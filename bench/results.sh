@@ -65,7 +65,9 @@ step() {
                 for s in all progressive stacked; do e=1; [ "$s" = all ] || e=0.34
                   $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe ird --ird-schedule $s \
                     --stage-epochs $e --num-train-epochs 2 --seeds 42,43,44 --output-dir "cola12/ird-$s" --quiet
-                done ;;
+                done  # the control: kd alone for IRD's 2 prediction epochs
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe kd --num-train-epochs 2 \
+                  --seeds 42,43,44 --output-dir cola12/kd-2ep --quiet ;;
     sst2-10k-methods) # PKD's table on SST-2's first 10,000 rows, 3 seeds, 1 epoch (after
                 # sst2-10k-ird, whose ft and kd runs it extends to a third seed)
                 N="--max-train-samples 10000"
