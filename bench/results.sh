@@ -69,10 +69,8 @@ step() {
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe kd --num-train-epochs 2 \
                   --seeds 42,43,44 --output-dir cola12/kd-2ep --quiet ;;
     sst2-10k-methods) # PKD's table on SST-2's first 10,000 rows, 3 seeds, 1 epoch (after
-                # sst2-10k-ird, whose ft and kd runs it extends to a third seed)
+                # sst2-10k-ird, which trains its teacher and its FT row)
                 N="--max-train-samples 10000"
-                $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-4 --num-train-epochs 1 \
-                  --seeds 42,43,44 --output-dir sst2-10k/ft --quiet
                 for r in kd pkd-skip pkd-last; do
                   $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --recipe $r --num-train-epochs 1 \
                     --seeds 42,43,44 --output-dir "sst2-10k/$r" --quiet
