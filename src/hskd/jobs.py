@@ -164,7 +164,8 @@ def _train_job(s: Settings, job: str, backbone: str | None, layers, learning_rat
             wrapper.load_state_dict(load_file(final))
             stage_results.append(json.loads((stage_dir / "stage.json").read_text()))
             continue
-        stage_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():  # under torchrun a faster rank must not fill the folder rank 0 still checks
+            stage_dir.mkdir(parents=True, exist_ok=True)
         result = run_stage(stage_dir, stage, wrapper, task, s, train_ds, dev_ds, collator, source, resume=s.resume)
         if is_main_process():
             save_atomic({k: v.contiguous() for k, v in wrapper.state_dict().items()}, final)
