@@ -208,6 +208,23 @@ step() {
                 $H search --task MRPC --data-dir "$G" --teacher mrpc/teacher --output-dir mrpc/search --seeds 42,43 \
                   --tolerance 0.5 --depth 1,2,4 --length 10,all --width 0.1,1 --hsk-epochs 1 --num-train-epochs 1 \
                   --quiet ;;
+    tinybert12) # TinyBERT's recipe (hskd's defaults: one stage, online), 3 seeds, beside PKD's tables
+                for t in CoLA MRPC; do d=$(echo $t | tr A-Z a-z)12
+                  $H distill --task $t --data-dir "$G" --teacher $d/teacher --recipe tinybert --num-train-epochs 3 \
+                    --seeds 42,43,44 --output-dir $d/tinybert --quiet
+                done
+                $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
+                  --recipe tinybert --num-train-epochs 1 --seeds 42,43,44 --output-dir sst2-10k/tinybert --quiet ;;
+    mrpc12-budgets-33) # MUD's budget table on MRPC at 3 HSK + 3 prediction epochs (after mrpc12-budgets,
+                # whose cache it slices; the 1l_10t_0.1h row is step mrpc12-seeds)
+                for k in 4l_128t 4l_10t_0.1h 4l_128t_0.1h 1l_128t 4l_10t; do
+                  $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-full --recipe mud --knowledge "$k" \
+                    --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir "mrpc12/mud33-$k" --quiet
+                done ;;
+    cola12-ird-preset) # Aguilar's `all` schedule with --preset ird (the internal stage to convergence: 1 %
+                # an epoch, 10 epochs at most), then 3 kd epochs, as the PKD table's kd row
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird --ird-schedule all \
+                  --num-train-epochs 3 --seeds 42,43,44 --output-dir cola12/ird-preset --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -219,7 +236,8 @@ if [ "${1:-}" = all ]; then
            sst2-pkd-skip sst2-pkd-last sst2-sweep-mud1 cola sst2-ird-all sst2-ird-progressive sst2-ird-stacked \
            i15-storage i15-search mrpc12-teacher mrpc12-caches mrpc12-seeds mrpc12-finetune mrpc12-pkd \
            mrpc12-pkd-preset cola12-teacher mrpc12-budgets mrpc12-ird cola12-budgets sst2-10k-ird sst2-10k-budgets \
-           sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods cola12-methods-2l report; do step $s; done
+           sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods cola12-methods-2l \
+           tinybert12 mrpc12-budgets-33 cola12-ird-preset report; do step $s; done
 else
   step "$1"
 fi
