@@ -1,6 +1,8 @@
 """`hskd sweep` (one cache, one student per point, resumable, CSV + plot) and `hskd report`."""
 
 import csv
+import json
+import statistics
 
 import pytest
 
@@ -51,3 +53,35 @@ def test_sweep_trains_each_point_once_and_resumes(tmp_path, capsys, tiny_glue, t
 def test_report_refuses_a_directory_without_runs(tmp_path, capsys):
     assert run_cli("report", tmp_path) == 2
     assert "holds no finished hskd run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_with_seeds_trains_each_point_per_seed_and_reports_the_spread(tmp_path, capsys, tiny_glue, tiny_teacher,
+                                                                            tiny_narrow):
+    out = tmp_path / "sweep"
+    args = ("sweep", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--output-dir", out,
+            "--student-model", tiny_narrow, "--student-layers", "2", "--depth", "1", "--length", "all",
+            "--width", "0.25", "--hsk-epochs", "1", "--seeds", "3,5", *TINY)
+    assert run_cli(*args) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["point"] for r in rows} == {"1l_allt_1h", "3l_allt_1h", "3l_allt_0.25h", "1l_allt_0.25h"}
+    for r in rows:
+        folders = sorted(p.name for p in (out / "points" / r["point"]).iterdir())
+        assert folders == ["seed-3", "seed-5"]
+        recorded = [json.loads((out / "points" / r["point"] / f / "hskd.json").read_text()) for f in folders]
+        values = [rec["eval"]["main_value"] for rec in recorded]
+        assert r["seeds"] == "3 5"
+        assert [float(v) for v in r["values"].split()] == pytest.approx(values, abs=1e-6)
+        assert float(r["value"]) == pytest.approx(statistics.fmean(values), abs=1e-6)
+        assert float(r["std"]) == pytest.approx(statistics.stdev(values), abs=1e-6)
+    # each seed is its own run: the seeds reach training and give different students
+    weights = [(out / "points" / "3l_allt_1h" / f"seed-{x}" / "model.safetensors").read_bytes() for x in (3, 5)]
+    assert weights[0] != weights[1]
+    assert sorted(p.name for p in (out / "student-finetune").iterdir()) == ["seed-3", "seed-5"]
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "points").glob("*/seed-*/hskd.json")}
+    assert run_cli(*args) == 0  # a rerun reads every finished seed back
+    assert {p: p.stat().st_mtime_ns for p in (out / "points").glob("*/seed-*/hskd.json")} == stamps
+    capsys.readouterr()
+    assert run_cli("report", out) == 0  # one row per point and seed
+    table = capsys.readouterr().out
+    assert "| sweep/1l_allt_0.25h/seed-3 | mud |" in table and "| sweep/1l_allt_0.25h/seed-5 | mud |" in table

@@ -135,7 +135,8 @@ class Settings:
     weight_decay: float = opt(0.01, 'AdamW weight decay (default 0.01)', TRAIN, minimum=0)
     seed: int = opt(42, 'random seed (default 42)', ('finetune', 'distill', 'run', 'sweep', 'search', 'cache'), minimum=0)
     seeds: str | None = opt(None, 'train once per seed (42,43,44) into OUT/seed-N; OUT/seeds.md has mean ± std; '
-                                  'search: the seeds of every point', ('finetune', 'distill', 'run', 'search'))
+                                  'sweep and search: the seeds of every point', ('finetune', 'distill', 'run', 'sweep',
+                                                                                'search'))
     tolerance: float = opt(0.5, 'search: dev-metric points (×100) a budget may fall below full HSK (default 0.5)',
                            ('search',), minimum=0)
     early_stopping_patience: int | None = opt(None, 'stop a stage once the dev metric has not improved for N '

@@ -69,7 +69,8 @@ def write_run_report(out: Path, results: dict[str, dict], settings, timings: lis
 
 def collect(paths: list[str]) -> list[dict]:
     """Rows for ``hskd report``: a run directory gives its three models, a model directory
-    (with ``hskd.json``) gives one, a sweep directory gives its points.
+    (with ``hskd.json``) gives one, a sweep directory gives its points, and a ``--seeds``
+    directory each seed's.
 
     Raises:
         HskdError: a path that holds no finished hskd run.
@@ -80,15 +81,12 @@ def collect(paths: list[str]) -> list[dict]:
     rows = []
     for raw in paths:
         path = Path(raw).expanduser()
-        if (path / "metrics.json").exists() and (path / "teacher").exists():
-            found = [(f"{path.name}/{name}", path / name) for name in ("teacher", "student-finetune", "student")]
-        elif (path / "hskd.json").exists():
-            found = [(path.name, path)]
-        elif (path / "points").is_dir():
-            found = [(f"{path.name}/{p.name}", p) for p in sorted((path / "points").iterdir())]
-        else:
+        found = _model_folders(path, path.name)
+        if not found:
             raise HskdError(f"{path} holds no finished hskd run (no hskd.json or metrics.json)")
         for name, folder in found:
+            if not (folder / "hskd.json").exists():  # a model of an interrupted run
+                continue
             rec = json.loads((folder / "hskd.json").read_text())
             if rec.get("status") != "complete":
                 continue
@@ -98,6 +96,18 @@ def collect(paths: list[str]) -> list[dict]:
     if not rows:
         raise HskdError("no finished runs found in the given directories")
     return rows
+
+
+def _model_folders(path: Path, label: str) -> list[tuple[str, Path]]:
+    """``(row name, model folder)`` pairs under ``path``: a run's three models, one model, a
+    sweep's points, or the ``seed-N`` folders of a ``--seeds`` run (of any of these)."""
+    if (path / "metrics.json").exists() and (path / "teacher").exists():
+        return [(f"{label}/{name}", path / name) for name in ("teacher", "student-finetune", "student")]
+    if (path / "hskd.json").exists():
+        return [(label, path)]
+    children = sorted((path / "points").iterdir()) if (path / "points").is_dir() else \
+        sorted(p for p in path.glob("seed-*") if p.is_dir())
+    return [pair for child in children for pair in _model_folders(child, f"{label}/{child.name}")]
 
 
 def comparison_table(rows: list[dict]) -> str:
@@ -119,7 +129,8 @@ REF_STYLES = [("tab:green", "--"), ("tab:red", ":"), ("tab:gray", "-.")]
 def plot_marginal_utility(rows: list[dict], refs: dict, path: Path, title: str) -> None:
     """Dev metric against the fraction of HSK (log x), one panel per dimension and one joint,
     with reference lines ``refs`` (name -> value in [0, 1]: the teacher and student-finetune
-    for ``sweep``, full HSK for ``search``)."""
+    for ``sweep``, full HSK for ``search``). A row's ``std`` (in [0, 1], when given and not
+    empty) draws a ± std bar: the spread over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +144,12 @@ def plot_marginal_utility(rows: list[dict], refs: dict, path: Path, title: str) 
         if pts:
             xs = [max(r["hsk_fraction"], 1e-6) * 100 for r in pts]
             ys = [r["value"] * 100 for r in pts]
-            ax.plot(xs, ys, "o-", color="tab:blue", label="distilled student")
+            bars = [float(r["std"]) * 100 if r.get("std") not in (None, "") else 0.0 for r in pts]
+            if any(bars):
+                ax.errorbar(xs, ys, yerr=bars, fmt="o-", color="tab:blue", capsize=3,
+                            label="distilled student (mean ± std)")
+            else:
+                ax.plot(xs, ys, "o-", color="tab:blue", label="distilled student")
             for x, y, r in zip(xs, ys, pts):
                 ax.annotate(r["point"], (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
         for (name, value), (color, style) in zip(refs.items(), REF_STYLES):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from hskd.locks import OutputLock
 from hskd.report import plot_marginal_utility
 from hskd.runs import write_atomic, write_json
 
+# value: the dev metric (the mean over the seeds with --seeds); std: its sample std (empty for one
+# seed); values: each seed's, in the order of seeds
 FIELDS = ["panel", "point", "layers", "tokens", "width", "hsk_fraction", "cache_bytes", "metric", "value",
-          "train_seconds", "train_examples_per_second"]
+          "train_seconds", "train_examples_per_second", "std", "seeds", "values"]
 
 
 @dataclass(frozen=True)
@@ -106,20 +109,41 @@ def train_lengths(s: Settings, data, max_len: int, reader: CacheReader):
     return tokenize(data.train, tokenizer, max_len)["length"]
 
 
+def train_seeds(s: Settings, job: str, out: Path, seeds: list[int] | None, **kw) -> list[dict]:
+    """Train ``job`` into ``out`` (``seeds`` None: the single-seed layout, at ``s.seed``) or into
+    ``out/seed-N`` once per seed; finished runs are read back, not retrained. Returns the records."""
+    from hskd import pipeline
+
+    if not seeds:
+        return [pipeline.train_job(pipeline.with_changes(s, output_dir=str(out), resume=True), job, **kw)]
+    return [pipeline.train_job(pipeline.with_changes(s, output_dir=str(out / f"seed-{seed}"), seed=seed, seeds=None,
+                                                     resume=True), job, **kw) for seed in seeds]
+
+
 def run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool = False) -> list[dict]:
-    """Extract one cache at the largest budget, train a student per point, write
-    ``results.csv`` and ``marginal_utility.png``. Finished points are kept and skipped."""
+    """Extract one cache at the largest budget, train a student per point (per point and seed
+    with ``s.seeds``, into ``points/NAME/seed-N``), write ``results.csv`` (the mean and sample
+    std over the seeds) and ``marginal_utility.png`` (with ± std bars). Finished points are kept
+    and skipped.
+
+    Raises:
+        HskdError: no ``--teacher`` or ``--output-dir``, a bad grid or bad ``--seeds``.
+    """
+    from hskd.seeds import parse_seeds
 
     if not s.teacher or not s.output_dir:
         raise HskdError("hskd sweep needs --teacher DIR and --output-dir DIR")
     if (s.length_strategy or "attention") in ("cls", "all") and length.strip() not in ("all", "1"):
         raise HskdError("--length-strategy cls/all cannot vary the token count; use left or attention")
+    seeds = parse_seeds(s.seeds) if s.seeds else None
     with OutputLock(s.output_dir) as lock:  # the cache and every point lock their own folders too
-        return _run_sweep(s, depth, length, width, full_grid, lock)
+        return _run_sweep(s, depth, length, width, full_grid, seeds, lock)
 
 
-def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool, lock: OutputLock) -> list[dict]:
+def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool, seeds: list[int] | None,
+               lock: OutputLock) -> list[dict]:
     from hskd import pipeline
+    from hskd.seeds import mean_std
 
     out = Path(s.output_dir).expanduser()
     n_student = pipeline.student_depth(s)
@@ -140,11 +164,10 @@ def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool
         pipeline.make_cache(pipeline.with_changes(s, output_dir=str(cache_dir), knowledge=big.to_dict(), overwrite=False))
     reader = CacheReader(cache_dir)
     lengths = train_lengths(s, data, max_len, reader)
-    baseline = pipeline.train_job(pipeline.with_changes(s, output_dir=str(out / "student-finetune"), recipe="finetune",
-                                                  resume=True), "finetune", backbone=s.student_model,
-                                   layers=pipeline.parse_layers(s.student_layers),
-                                   learning_rate=s.student_learning_rate, reuse=True,
-                                   hidden_size=s.student_hidden_size)
+    student = dict(backbone=s.student_model, layers=pipeline.parse_layers(s.student_layers),
+                   learning_rate=s.student_learning_rate, reuse=True, hidden_size=s.student_hidden_size)
+    baselines = train_seeds(pipeline.with_changes(s, recipe="finetune"), "finetune", out / "student-finetune", seeds,
+                            **student)
     teacher_record = json.loads((Path(s.teacher) / pipeline.RECORD).read_text()) \
         if (Path(s.teacher) / pipeline.RECORD).exists() else None
     teacher_eval = teacher_record["eval"] if teacher_record else pipeline.evaluate(s, s.teacher)
@@ -152,23 +175,26 @@ def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool
     for p in points:
         spec = point_spec(p, s, max_len)
         plan = spec.resolve(n_student, reader.manifest["teacher_layers"])
-        child = pipeline.with_changes(s, output_dir=str(out / "points" / p.name), cache=str(cache_dir),
-                               knowledge=spec.to_dict(), recipe=s.recipe or "mud", resume=True)
-        record = pipeline.train_job(child, "distill", backbone=s.student_model,
-                                     layers=pipeline.parse_layers(s.student_layers),
-                                     learning_rate=s.student_learning_rate, reuse=True,
-                                     hidden_size=s.student_hidden_size)
+        child = pipeline.with_changes(s, cache=str(cache_dir), knowledge=spec.to_dict(), recipe=s.recipe or "mud")
+        records = train_seeds(child, "distill", out / "points" / p.name, seeds, **student)
+        values = [r["eval"]["main_value"] for r in records]
+        mean, std = mean_std(values)
         fraction = reader.hsk_fraction(plan, lengths)
         rows.append({"panel": p.panel, "point": p.name, "layers": p.layers, "tokens": p.tokens or "all",
                      "width": p.width, "hsk_fraction": fraction,
                      "cache_bytes": int(round(fraction * reader.manifest["full_hsk_bytes"])),
-                     "metric": record["eval"]["main_metric"], "value": record["eval"]["main_value"],
-                     "train_seconds": record["train_seconds"],
-                     "train_examples_per_second": record["train_examples_per_second"]})
+                     "metric": records[0]["eval"]["main_metric"], "value": mean,
+                     "train_seconds": statistics.fmean(r["train_seconds"] for r in records),
+                     "train_examples_per_second": statistics.fmean(r["train_examples_per_second"] or 0.0
+                                                                   for r in records),
+                     "std": "" if std is None else std, "seeds": " ".join(str(x) for x in seeds or [s.seed]),
+                     "values": " ".join(f"{v:.6g}" for v in values)})
         _write_csv(out / "results.csv", rows)
-    refs = {"teacher": teacher_eval["main_value"], "student-finetune": baseline["eval"]["main_value"]}
+    refs = {"teacher": teacher_eval["main_value"],
+            "student-finetune": statistics.fmean(b["eval"]["main_value"] for b in baselines)}
     subset = f" (first {s.max_train_samples:,} training rows)" if s.max_train_samples else ""
-    title = f"{data.task.name}{subset}: dev {rows[0]['metric']} vs HSK"
+    over = f", mean ± std of {len(seeds)} seeds" if seeds and len(seeds) > 1 else ""
+    title = f"{data.task.name}{subset}: dev {rows[0]['metric']} vs HSK{over}"
     plot_marginal_utility(rows, refs, out / "marginal_utility.png", title=title)
     write_json(out / "references.json", refs)
     return rows
