@@ -5,6 +5,7 @@ tensors, including padding and ties, and checks that hskd with the matching opti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -573,3 +574,100 @@ def test_hskd_run_distills_online_what_no_cache_can_hold():
     assert not _cacheable(resolve({**mud, "width_strategy": "magnitude"}, None, recipe_defaults))  # batch-wide
     with pytest.raises(HskdError, match="bad knowledge budget"):  # a bad spec is still refused before training
         _cacheable(resolve({**mud, "knowledge": "ten tokens"}, None, recipe_defaults))
+
+
+def test_preset_mud_reaches_a_yaml_knowledge_mapping_and_sweep_points():
+    # README: --preset mud maps the width names to MUD's own selectors and ranks by MUD's scores;
+    # that must hold for the YAML mapping form of --knowledge and for sweep/search points too
+    from hskd.recipes import knowledge_spec
+    from hskd.sweep import Point, point_spec
+
+    mapping = {"hidden": True, "depth": "uniform", "layers": 1, "length": "attention", "tokens": 10,
+               "width": "uniform", "width_fraction": 0.1}
+    spec = knowledge_spec(resolve({"preset": "mud", "knowledge": mapping}, None, recipe_defaults))
+    assert (spec.width, spec.rank_by, spec.rank_layer, spec.padding) == ("uniform-stride", "scores", "full-depth",
+                                                                         "include")
+    own = knowledge_spec(resolve({"preset": "mud", "knowledge": {**mapping, "rank_by": "probs"}}, None,
+                                 recipe_defaults))
+    assert own.rank_by == "probs"  # what the mapping says wins over the preset
+    plain = knowledge_spec(resolve({"knowledge": mapping}, None, recipe_defaults))
+    assert (plain.width, plain.rank_by, plain.rank_layer) == ("uniform", "probs", "mapped")
+    s = resolve({"preset": "mud", "width_strategy": "magnitude"}, None, recipe_defaults)
+    assert point_spec(Point("width", 4, None, 0.1), s, 64).width == "magnitude-batch"
+    s = resolve({"preset": "mud"}, None, recipe_defaults)
+    p = point_spec(Point("joint", 1, 10, 0.1), s, 64)
+    assert (p.width, p.rank_by, p.rank_layer) == ("uniform-stride", "scores", "full-depth")
+    assert point_spec(Point("width", 4, None, 1.0), s, 64).width == "all"
+
+
+@pytest.mark.parametrize("preset, recipe", [("mud", "mud"), ("tinybert", "tinybert")])
+def test_regression_prediction_stage_is_mse_to_the_gold_score(preset, recipe):
+    # MUD (main.py, the prediction stage for STS-B) and TinyBERT (task_distill.py, output_mode
+    # "regression") train the prediction stage on MSELoss(student prediction, gold score) alone.
+    from hskd.recipes import recipe_spec
+
+    s = resolve({"preset": preset, "recipe": recipe, "task": "STS-B"}, None, recipe_defaults)
+    assert s.alpha == 0.0
+    plan = recipe_spec(s.recipe, s).resolve(3, 6)
+    prediction = recipe_stages(s.recipe, s, plan, CTX)[-1]
+    g = torch.Generator().manual_seed(11)
+    pred, teacher = torch.randn(6, 1, generator=g) * 2, torch.randn(6, 1, generator=g) * 2
+    gold = torch.rand(6, generator=g) * 5
+    total, _ = prediction.objective(LossInputs(logits=pred, labels=gold, knowledge=Knowledge(logits=teacher)))
+    _close(total, ((pred.squeeze(-1) - gold) ** 2).mean())
+    # hskd's default: (1 - α)·MSE(gold) + α·MSE(teacher), with mud's α = 1 the teacher's alone
+    d = resolve({"recipe": "mud", "task": "STS-B", "knowledge": "1l_10t_0.1h"}, None, recipe_defaults)
+    default, _ = recipe_stages("mud", d, plan, CTX)[-1].objective(
+        LossInputs(logits=pred, labels=gold, knowledge=Knowledge(logits=teacher)))
+    _close(default, ((pred - teacher) ** 2).mean())
+
+
+def test_tinybert_preset_stage_settings_and_mud_warmup():
+    # TinyBERT's README: the intermediate stage at a constant lr 5e-5 for 10 epochs, then the
+    # prediction stage at lr 3e-5 for 3 epochs; MUD's prediction stage has no warm-up
+    from hskd.recipes import recipe_spec
+
+    s = resolve({"preset": "tinybert", "recipe": "tinybert", "task": "SST-2"}, None, recipe_defaults)
+    plan = recipe_spec(s.recipe, s).resolve(3, 6)
+    # a distillation job trains at the student learning rate (jobs.train_job's learning_rate)
+    job = dataclasses.replace(s, learning_rate=s.student_learning_rate)
+    intermediate, prediction = recipe_stages(s.recipe, job, plan, CTX)
+    assert (intermediate.epochs, intermediate.learning_rate, intermediate.scheduler) == (10.0, 5e-5, "constant")
+    assert (prediction.epochs, prediction.learning_rate) == (3.0, 3e-5)
+    assert [t.name for t in intermediate.objective.terms] == ["attention_mse", "hidden_mse"]
+    assert not intermediate.select_best and [t.name for t in prediction.objective.terms] == ["kd"]  # alpha 1
+    assert resolve({"preset": "mud"}, None, recipe_defaults).warmup_ratio == 0.0
+
+
+def test_attention_kl_average_reaches_the_ird_term():
+    from hskd.recipes import recipe_spec
+
+    for average in ("rows", "examples"):
+        flags = {"recipe": "ird"} if average == "rows" else {"recipe": "ird", "attention_kl_average": average}
+        s = resolve(flags, None, recipe_defaults)
+        stages = recipe_stages("ird", s, recipe_spec("ird", s).resolve(3, 6), CTX)
+        terms = [t for st in stages for t in st.objective.terms if t.name == "attention_kl"]
+        assert terms and all(t.opts.get("average", "rows") == average for t in terms)
+
+
+def test_online_teacher_is_in_eval_mode_whatever_the_trainer_did():
+    # MUD (main.py) and TinyBERT (task_distill.py) leave the teacher in train mode, so dropout
+    # changes its targets from one call to the next; hskd (METHODS row 14) keeps it in eval mode.
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from hskd.sources import OnlineTeacher
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_labels=2, hidden_dropout_prob=0.5)
+    teacher = BertForSequenceClassification(config)
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 0, 0]])
+    inputs = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    with torch.no_grad():  # the official codes' train-mode teacher: two calls, two targets
+        assert not torch.equal(teacher.train()(**inputs).logits, teacher(**inputs).logits)
+    source = OnlineTeacher(teacher, KnowledgeSpec(hidden=True).resolve(3, 3), sep_token_id=3)
+    teacher.train()  # as Trainer.train() may do to every module it reaches
+    first, second = source(inputs), source(inputs)
+    assert not teacher.training
+    assert torch.equal(first.logits, second.logits) and torch.equal(first.hidden, second.hidden)
+    assert not first.logits.requires_grad

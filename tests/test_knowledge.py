@@ -174,3 +174,10 @@ def test_spec_validation():
         KnowledgeSpec(hidden=True, depth="list", layer_map=[[1]])
     with pytest.raises(HskdError, match="token count"):
         KnowledgeSpec(hidden=True, length="left")
+
+
+def test_pkd_maps_of_a_three_layer_student_from_twelve():
+    # METHODS row 16: hskd's Skip keeps every 4th teacher layer (the paper's definition); PKD's own
+    # script for this case uses teacher layers 10, 11, which is hskd's Last
+    assert KnowledgeSpec(hidden=True, depth="skip").layer_pairs(3, 12) == [(1, 4), (2, 8)]
+    assert KnowledgeSpec(hidden=True, depth="last").layer_pairs(3, 12) == [(1, 10), (2, 11)]

@@ -139,17 +139,27 @@ def evaluate(expr, s):
 @register_knowledge("budget")
 def knowledge_spec(s) -> KnowledgeSpec:
     """MUD's ``--knowledge`` as a spec: a budget string with the strategy flags, or a mapping
-    (the YAML form). Soft labels are always included."""
-    padding = {"padding": s.hsk_padding} if getattr(s, "hsk_padding", None) else {}
-    if isinstance(s.knowledge, dict):
-        return KnowledgeSpec.from_dict({**s.knowledge, "logits": True, **padding})
-    if not s.knowledge:
-        raise HskdError("give --knowledge, e.g. 1l_10t_0.1h")
+    (the YAML form; the strategy flags, and so a preset's, fill the fields it leaves out). Soft
+    labels are always included; under ``--preset mud`` the width names map to MUD's own
+    selectors (``uniform`` → ``uniform-stride``, ...) in both forms.
+
+    Raises:
+        HskdError: no ``--knowledge``, a bad budget string or an unknown field in the mapping.
+    """
     from hskd.presets import preset_width
 
-    spec = parse_budget(str(s.knowledge), depth=s.depth_strategy or "uniform", length=s.length_strategy,
-                        width=s.width_strategy, t_top=s.t_top, seed=s.width_seed, logits=True,
-                        rank_layer=s.rank_layer, rank_by=s.rank_by, **padding)
+    padding = {"padding": s.hsk_padding} if getattr(s, "hsk_padding", None) else {}
+    if isinstance(s.knowledge, dict):
+        flags = {"depth": s.depth_strategy, "length": s.length_strategy, "width": s.width_strategy, "t_top": s.t_top,
+                 "seed": s.width_seed, "rank_layer": s.rank_layer, "rank_by": s.rank_by}
+        given = {k: v for k, v in flags.items() if v is not None and k not in s.knowledge}
+        spec = KnowledgeSpec.from_dict({**given, **s.knowledge, "logits": True, **padding})
+    elif not s.knowledge:
+        raise HskdError("give --knowledge, e.g. 1l_10t_0.1h")
+    else:
+        spec = parse_budget(str(s.knowledge), depth=s.depth_strategy or "uniform", length=s.length_strategy,
+                            width=s.width_strategy, t_top=s.t_top, seed=s.width_seed, logits=True,
+                            rank_layer=s.rank_layer, rank_by=s.rank_by, **padding)
     width = preset_width(getattr(s, "preset", None), spec.width)
     return spec if width == spec.width else KnowledgeSpec.from_dict({**spec.to_dict(), "width": width})
 

@@ -85,13 +85,17 @@ def grid(depth: str, length: str, width: str, n_student: int, full: bool = False
 
 
 def point_spec(p: Point, s: Settings, max_len: int) -> KnowledgeSpec:
+    """The spec of one grid point: its budget with the strategy flags (a preset's included, and
+    ``--preset mud``'s own width selectors)."""
+    from hskd.presets import preset_width
+
     length = s.length_strategy or "attention"
     # "all tokens" with a ranked or positional strategy is its first max_len tokens, which the
     # cache at the largest budget holds; with strategy "all", token counts are not a budget
     return KnowledgeSpec(logits=True, hidden=True, depth=s.depth_strategy or "uniform", layers=p.layers,
                          t_top=s.t_top, length=length,
                          tokens=None if length == "all" else (p.tokens or max_len),
-                         width=(s.width_strategy or "uniform") if p.width < 1 else "all",
+                         width=preset_width(s.preset, s.width_strategy or "uniform") if p.width < 1 else "all",
                          width_fraction=p.width, seed=s.width_seed, rank_layer=s.rank_layer or "mapped",
                          rank_by=s.rank_by or "probs", padding=s.hsk_padding or "exclude")
 
