@@ -225,6 +225,33 @@ step() {
                 # an epoch, 10 epochs at most), then 3 kd epochs, as the PKD table's kd row
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird --ird-schedule all \
                   --num-train-epochs 3 --seeds 42,43,44 --output-dir cola12/ird-preset --quiet ;;
+    sst2-seeds) # full SST-2 at 3 seeds (issue 12): the sst2-run teacher, then student-finetune, kd and
+                # tinybert as sst2-run and sst2-kd train them (seed 42 of kd and tinybert: those steps' runs)
+                $H finetune --task SST-2 --data-dir "$G" --num-train-epochs 1 --output-dir sst2/teacher --quiet
+                $H finetune --task SST-2 --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 1 \
+                  --seeds 42,43,44 --output-dir sst2/student-finetune --quiet
+                for r in kd tinybert; do
+                  $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe $r --num-train-epochs 1 \
+                    --seeds 43,44 --output-dir sst2/$r --quiet
+                done ;;
+    sst2-mud-seeds) # teacher-free mud at 1l_10t_0.1h on full SST-2, seeds 43 and 44 beside sst2-mud1's 42,
+                # from a cache made as sst2-cache made it for issue 3 (fp16 values; int8 is the default now)
+                $H cache --task SST-2 --data-dir "$G" --teacher sst2/teacher --knowledge 1l_10t_0.1h \
+                  --student-layers 3 --storage fp16 --output-dir sst2-cache-1l_10t_0.1h --quiet
+                $H distill --task SST-2 --data-dir "$G" --cache sst2-cache-1l_10t_0.1h --recipe mud \
+                  --knowledge 1l_10t_0.1h --hsk-epochs 1 --num-train-epochs 1 --seeds 43,44 \
+                  --output-dir sst2-mud-1l_10t_0.1h-seeds --quiet ;;
+    cola12-preset) # --preset mud beside hskd's defaults on CoLA (as sst2-10k-preset): 1l_10t_0.1h, the
+                # defaults' 3 + 3 epochs, lr 1e-4 in both stages and one evaluation an epoch (268 steps)
+                $H cache --task CoLA --data-dir "$G" --teacher cola12/teacher --preset mud --knowledge 1l_10t \
+                  --student-layers 3 --output-dir cola12/cache-preset --quiet
+                $H distill --task CoLA --data-dir "$G" --cache cola12/cache-preset --preset mud \
+                  --knowledge 1l_10t_0.1h --hsk-epochs 3 --num-train-epochs 3 --student-learning-rate 1e-4 \
+                  --hsk-learning-rate 1e-4 --save-steps 268 --seeds 42,43,44 --output-dir cola12/mud-preset --quiet ;;
+    sst2-sweep-seeds) # the marginal-utility sweep of step sst2-sweep at 3 seeds a point (hskd sweep --seeds)
+                $H sweep --task SST-2 --data-dir "$G" --teacher sst2/teacher --output-dir sst2-sweep-10k-seeds \
+                  --max-train-samples 10000 --depth 1,2,4 --length 1,10,all --width 0.1,0.5,1 --hsk-epochs 1 \
+                  --num-train-epochs 1 --seeds 42,43,44 --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -237,7 +264,8 @@ if [ "${1:-}" = all ]; then
            i15-storage i15-search mrpc12-teacher mrpc12-caches mrpc12-seeds mrpc12-finetune mrpc12-pkd \
            mrpc12-pkd-preset cola12-teacher mrpc12-budgets mrpc12-ird cola12-budgets sst2-10k-ird sst2-10k-budgets \
            sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods cola12-methods-2l \
-           tinybert12 mrpc12-budgets-33 cola12-ird-preset report; do step $s; done
+           tinybert12 mrpc12-budgets-33 cola12-ird-preset sst2-seeds sst2-mud-seeds cola12-preset \
+           sst2-sweep-seeds report; do step $s; done
 else
   step "$1"
 fi
