@@ -671,3 +671,38 @@ def test_online_teacher_is_in_eval_mode_whatever_the_trainer_did():
     assert not teacher.training
     assert torch.equal(first.logits, second.logits) and torch.equal(first.hidden, second.hidden)
     assert not first.logits.requires_grad
+
+
+def test_training_batches_are_shuffled_length_groups_not_pkds_sequential_order(tmp_path):
+    # PKD (NLI_KD_training.py) trains on a SequentialSampler: the same order every epoch (METHODS
+    # row 17). hskd's stages ask the Trainer for length-grouped batches, drawn in a random order.
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from hskd.recipes import Stage
+    from hskd.tasks import get_task
+    from hskd.terms import Objective
+    from hskd.train import training_arguments
+
+    s = resolve({"recipe": "kd", "device": "cpu"}, None, recipe_defaults)
+    args = training_arguments(tmp_path, Stage("kd", 1.0, 1e-4, Objective.of(CTX, ce=1.0)), get_task("SST-2"), s,
+                              select=True, has_dev=True)
+    assert args.train_sampling_strategy == "group_by_length"
+    lengths = [3, 9, 4, 12, 7, 5, 11, 6, 8, 10, 2, 13] * 4
+    orders = [list(LengthGroupedSampler(4, lengths=lengths, generator=torch.Generator().manual_seed(epoch)))
+              for epoch in (0, 1)]
+    assert orders[0] != list(range(len(lengths))) and orders[0] != orders[1]
+    assert sorted(orders[0]) == list(range(len(lengths)))  # every example once an epoch
+
+
+def test_width_selection_applies_from_the_first_batch():
+    # MUD (main.py) builds its width mask in step 0 and applies it from step 1, so its first update
+    # distils the whole vectors (METHODS row 6, not offered). hskd's selectors are stateless: the
+    # first batch's knowledge already holds only the kept dims.
+    teacher = _tiny_teacher()
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 0, 0]])
+    mask, out = _forward(teacher, ids)
+    plan = KnowledgeSpec(hidden=True, width="uniform", width_fraction=0.25).resolve(3, 3)
+    first = extract(plan, out, {"input_ids": ids, "attention_mask": mask}, 3, teacher=teacher)
+    dims = torch.arange(4) * 16 // 4  # floor(i·d/w), as hskd's uniform width keeps
+    assert first.hidden.shape[-1] == 4 and first.dim_index.tolist() == dims.tolist()
+    torch.testing.assert_close(first.hidden[0, -1, 0], out.hidden_states[3][0, 0, dims])
