@@ -66,9 +66,9 @@ def main() -> None:
         texts = [list(t) for t in zip(*(dev[c][: a.rows] for c in columns))]
         batches = [tokenizer(*zip(*texts[i:i + 64]), padding=True, truncation=True, max_length=64,
                              return_tensors="pt") for i in range(0, len(texts), 64)]
-        hidden = AutoModelForSequenceClassification.from_pretrained(run).config.hidden_size
-        kept = width_index(spec, torch.zeros(1, hidden))
         after = AutoModelForSequenceClassification.from_pretrained(run)
+        hidden = after.config.hidden_size
+        kept = width_index(spec, torch.zeros(1, hidden))
         state = load_file(str(Path(run) / "checkpoints" / "00-hsk" / "final.safetensors"))
         after.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")},
                               strict=False)
