@@ -252,6 +252,22 @@ step() {
                 $H sweep --task SST-2 --data-dir "$G" --teacher sst2/teacher --output-dir sst2-sweep-10k-seeds \
                   --max-train-samples 10000 --depth 1,2,4 --length 1,10,all --width 0.1,0.5,1 --hsk-epochs 1 \
                   --num-train-epochs 1 --seeds 42,43,44 --quiet ;;
+    cola12-tinybert-2stage) # TinyBERT's two-stage form on CoLA, 3 seeds (after cola12-teacher): hskd's defaults
+                # (3 intermediate + 3 prediction epochs), then --preset tinybert (10 + 3 epochs, TinyBERT's lr
+                # and losses) with per-batch padding (--hsk-padding exclude: static padding to 64 tokens is
+                # about 4x the cost a step on CoLA's short sentences)
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe tinybert-2stage \
+                  --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir cola12/tinybert-2stage --quiet
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset tinybert \
+                  --hsk-padding exclude --seeds 42,43,44 --output-dir cola12/tinybert-preset --quiet ;;
+    mrpc12-budgets-4l) # the 4l_10t_0.1h row of step mrpc12-budgets-33 alone (after mrpc12-budgets' cache)
+                $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-full --recipe mud --knowledge 4l_10t_0.1h \
+                  --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/mud33-4l_10t_0.1h --quiet ;;
+    cola12-ird-progressive-preset) # Aguilar's progressive schedule with --preset ird (each layer's stage to
+                # convergence, 10 epochs at most), then 3 kd epochs, as step cola12-ird-preset
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird \
+                  --ird-schedule progressive --num-train-epochs 3 --seeds 42,43,44 \
+                  --output-dir cola12/ird-progressive-preset --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
