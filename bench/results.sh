@@ -260,9 +260,6 @@ step() {
                   --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir cola12/tinybert-2stage --quiet
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset tinybert \
                   --hsk-padding exclude --seeds 42,43,44 --output-dir cola12/tinybert-preset --quiet ;;
-    mrpc12-budgets-4l) # the 4l_10t_0.1h row of step mrpc12-budgets-33 alone (after mrpc12-budgets' cache)
-                $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-full --recipe mud --knowledge 4l_10t_0.1h \
-                  --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/mud33-4l_10t_0.1h --quiet ;;
     cola12-ird-progressive-preset) # Aguilar's progressive schedule with --preset ird (each layer's stage to
                 # convergence, 10 epochs at most), then 3 kd epochs, as step cola12-ird-preset
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird \
