@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hskd.errors import HskdError
-from hskd.sweep import Point, _values, point_spec, train_lengths, train_seeds
+from hskd.sweep import Point, _values, point_spec, student_args, train_lengths, train_seeds
 
 DEFAULT_LENGTH = "1,2,5,10,20,all"
 DEFAULT_WIDTH = "0.01,0.02,0.05,0.1,0.2,0.5,1"
@@ -219,9 +219,7 @@ def _run_search(s, depth, length, width, seeds, lock) -> SearchResult:
         # the sweep's layout (points/NAME/seed-N) and read-back of finished runs; search_minimum
         # asks for one (point, seed) at a time
         child = pipeline.with_changes(s, cache=str(cache_dir), knowledge=spec_of(p).to_dict(), recipe=s.recipe or "mud")
-        [record] = train_seeds(child, "distill", out / "points" / p.name, [seed], backbone=s.student_model,
-                               layers=pipeline.parse_layers(s.student_layers), learning_rate=s.student_learning_rate,
-                               reuse=True, hidden_size=s.student_hidden_size)
+        [record] = train_seeds(child, "distill", out / "points" / p.name, [seed], **student_args(s))
         seconds.setdefault(p.name, []).append(record["train_seconds"])
         seconds["metric"] = record["eval"]["main_metric"]
         return record["eval"]["main_value"] * 100

@@ -113,6 +113,15 @@ def train_lengths(s: Settings, data, max_len: int, reader: CacheReader):
     return tokenize(data.train, tokenizer, max_len)["length"]
 
 
+def student_args(s: Settings) -> dict:
+    """The student keywords of :func:`pipeline.train_job` for a sweep or search point: its backbone,
+    layers, hidden size and learning rate; finished runs reused."""
+    from hskd import pipeline
+
+    return dict(backbone=s.student_model, layers=pipeline.parse_layers(s.student_layers),
+                learning_rate=s.student_learning_rate, reuse=True, hidden_size=s.student_hidden_size)
+
+
 def train_seeds(s: Settings, job: str, out: Path, seeds: list[int] | None, **kw) -> list[dict]:
     """Train ``job`` into ``out`` (``seeds`` None: the single-seed layout, at ``s.seed``) or into
     ``out/seed-N`` once per seed; finished runs are read back, not retrained. Returns the records."""
@@ -168,8 +177,7 @@ def _run_sweep(s: Settings, depth: str, length: str, width: str, full_grid: bool
         pipeline.make_cache(pipeline.with_changes(s, output_dir=str(cache_dir), knowledge=big.to_dict(), overwrite=False))
     reader = CacheReader(cache_dir)
     lengths = train_lengths(s, data, max_len, reader)
-    student = dict(backbone=s.student_model, layers=pipeline.parse_layers(s.student_layers),
-                   learning_rate=s.student_learning_rate, reuse=True, hidden_size=s.student_hidden_size)
+    student = student_args(s)
     baselines = train_seeds(pipeline.with_changes(s, recipe="finetune"), "finetune", out / "student-finetune", seeds,
                             **student)
     teacher_record = json.loads((Path(s.teacher) / pipeline.RECORD).read_text()) \
