@@ -265,6 +265,15 @@ step() {
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird \
                   --ird-schedule progressive --num-train-epochs 3 --seeds 42,43,44 \
                   --output-dir cola12/ird-progressive-preset --quiet ;;
+    cola12-ird-stacked-preset) # Aguilar's stacked schedule with --preset ird (stage k teaches student layers
+                # 1..k, each stage to convergence, 10 epochs at most), then 3 kd epochs, as the two steps above
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird \
+                  --ird-schedule stacked --num-train-epochs 3 --seeds 42,43,44 \
+                  --output-dir cola12/ird-stacked-preset --quiet ;;
+    mrpc12-tinybert-preset) # TinyBERT's two-stage form on MRPC with --preset tinybert (10 + 3 epochs, TinyBERT's
+                # lr and losses), per-batch padding as step cola12-tinybert-2stage, 3 seeds (after mrpc12-teacher)
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset tinybert \
+                  --hsk-padding exclude --seeds 42,43,44 --output-dir mrpc12/tinybert-preset --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -278,7 +287,8 @@ if [ "${1:-}" = all ]; then
            mrpc12-pkd-preset cola12-teacher mrpc12-budgets mrpc12-ird cola12-budgets sst2-10k-ird sst2-10k-budgets \
            sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods cola12-methods-2l \
            tinybert12 mrpc12-budgets-33 cola12-ird-preset sst2-seeds sst2-mud-seeds cola12-preset \
-           sst2-sweep-seeds report; do step $s; done
+           sst2-sweep-seeds cola12-tinybert-2stage cola12-ird-progressive-preset cola12-ird-stacked-preset \
+           mrpc12-tinybert-preset report; do step $s; done
 else
   step "$1"
 fi
