@@ -274,6 +274,9 @@ step() {
                 # lr and losses), per-batch padding as step cola12-tinybert-2stage, 3 seeds (after mrpc12-teacher)
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset tinybert \
                   --hsk-padding exclude --seeds 42,43,44 --output-dir mrpc12/tinybert-preset --quiet ;;
+    mrpc12-tinybert-2stage) # TinyBERT's two-stage form on MRPC with hskd's defaults (3 + 3 epochs), 3 seeds
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe tinybert-2stage \
+                  --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/tinybert-2stage --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -288,7 +291,7 @@ if [ "${1:-}" = all ]; then
            sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods cola12-methods-2l \
            tinybert12 mrpc12-budgets-33 cola12-ird-preset sst2-seeds sst2-mud-seeds cola12-preset \
            sst2-sweep-seeds cola12-tinybert-2stage cola12-ird-progressive-preset cola12-ird-stacked-preset \
-           mrpc12-tinybert-preset report; do step $s; done
+           mrpc12-tinybert-preset mrpc12-tinybert-2stage report; do step $s; done
 else
   step "$1"
 fi
