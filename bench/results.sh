@@ -277,6 +277,26 @@ step() {
     mrpc12-tinybert-2stage) # TinyBERT's two-stage form on MRPC with hskd's defaults (3 + 3 epochs), 3 seeds
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe tinybert-2stage \
                   --hsk-epochs 3 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/tinybert-2stage --quiet ;;
+    mrpc12-ird-preset) # Aguilar's `all` schedule with --preset ird on MRPC (the internal stage to convergence),
+                # then 3 kd epochs, as step cola12-ird-preset (after mrpc12-teacher)
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird --ird-schedule all \
+                  --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/ird-preset --quiet ;;
+    mrpc12-preset-lr) # the official lrs on trial (after mrpc12-tinybert-preset): TinyBERT's prediction stage
+                # rerun from each seed's 10-epoch intermediate student at hskd's 1e-4, and for seed 42 at the
+                # preset's 3e-5 (a check that the rerun reproduces the two-stage run); then --preset pkd's
+                # PKD-Skip at lr 1e-4
+                for n in 42 43 44; do
+                  [ -d mrpc12/tbp-students/seed-$n ] || python "$REPO/bench/stage_student.py" \
+                    mrpc12/tinybert-preset/seed-$n intermediate mrpc12/tbp-students/seed-$n
+                done
+                for run in 3e-5:42 1e-4:42 1e-4:43 1e-4:44; do lr=${run%:*} n=${run#*:}
+                  $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe kd --student-layers 3 \
+                    --student-model mrpc12/tbp-students/seed-$n --alpha 1 --temperature 1 --kd-form soft_ce \
+                    --kd-reduction mean --kd-temperature-scaling none --num-train-epochs 3 \
+                    --student-learning-rate $lr --seed $n --output-dir mrpc12/tbp-pred-$lr/seed-$n --quiet
+                done
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset pkd --recipe pkd-skip \
+                  --student-learning-rate 1e-4 --seeds 42,43,44 --output-dir mrpc12/pkd-skip-preset-lr1e-4 --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -291,7 +311,7 @@ if [ "${1:-}" = all ]; then
            sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods cola12-methods-2l \
            tinybert12 mrpc12-budgets-33 cola12-ird-preset sst2-seeds sst2-mud-seeds cola12-preset \
            sst2-sweep-seeds cola12-tinybert-2stage cola12-ird-progressive-preset cola12-ird-stacked-preset \
-           mrpc12-tinybert-preset mrpc12-tinybert-2stage report; do step $s; done
+           mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr report; do step $s; done
 else
   step "$1"
 fi
