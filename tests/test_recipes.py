@@ -86,6 +86,25 @@ def test_progressive_run_trains_each_stage_for_its_epochs(tmp_path, tiny_glue, t
         ("layer1", 4), ("layer2", 4), ("prediction", 2)]
 
 
+@pytest.mark.parametrize("source", ["teacher", "cache"])
+def test_a_term_switched_off_by_a_zero_weight_leaves_the_others_training(tmp_path, tiny_glue, tiny_teacher,
+                                                                         tiny_narrow, source):
+    # --beta 0 drops IRD's [CLS] cosine: the batch still carries the teacher's [CLS] states, but
+    # the student's forward no longer computes hidden states, so they must not be gathered
+    s = Settings(**{**recipe_defaults("ird"), "beta": 0.0, "ird_schedule": "all"})
+    plan = Plan(KnowledgeSpec(logits=True, hidden=True, attentions=True), ((1, 2), (2, 4)), 2, 4)
+    assert {t.name for t in recipe_stages("ird", s, plan)[0].objective.terms} == {"attention_kl"}
+    where = ["--teacher", tiny_teacher]
+    if source == "cache":
+        where = ["--cache", tmp_path / "cache"]
+        assert run_cli("cache", "--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--quiet",
+                       "--output-dir", where[1], "--student-layers", "2", "--recipe", "ird") == 0
+    _, record = _distill(tmp_path, tiny_glue, tiny_teacher, tiny_narrow, "ird",
+                         ["--ird-schedule", "all", "--beta", "0"], where)
+    assert [r["stage"] for r in record["stages"]] == ["internal", "prediction"]
+    assert record["stages"][0]["train_loss"] > 0  # the attention KL still trains the student
+
+
 def test_epoch_losses_and_the_convergence_rule():
     from transformers import TrainerControl, TrainerState
 

@@ -356,12 +356,16 @@ def zero_filled(values: torch.Tensor, dim_index: torch.Tensor | None, width: int
 
 
 def gather(plan: Plan, student_outputs, knowledge: Knowledge, projection=None, student=None,
-           attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+           attention_mask: torch.Tensor | None = None,
+           needs: frozenset | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The student's values at the teacher's layers, tokens and dimensions.
 
     ``student`` and ``attention_mask`` are needed for attention scores (recomputed from the
-    student's layer inputs). The student's hidden states are projected to the teacher's width (TinyBERT's ``fit_dense``)
-    and then taken at the same dimensions. Only the chosen output dimensions of the projection
+    student's layer inputs). ``needs`` (the objective's, e.g. ``{"attentions"}``) limits what
+    is gathered: a term switched off by a zero weight (``--beta 0``) leaves its knowledge in the
+    batch, but the student's forward did not compute the states it would take. The student's
+    hidden states are projected to the teacher's width (TinyBERT's ``fit_dense``) and then taken
+    at the same dimensions. Only the chosen output dimensions of the projection
     are computed when the width index is shared. Note: the MUD authors' code instead zeroes the
     teacher's unselected dimensions and compares full vectors, which also pulls the student
     towards zero there; here both sides are compared on the selected dimensions only.
@@ -372,7 +376,7 @@ def gather(plan: Plan, student_outputs, knowledge: Knowledge, projection=None, s
     """
     pairs = plan.pairs
     hidden = attentions = None
-    if knowledge.hidden is not None:
+    if knowledge.hidden is not None and (needs is None or "hidden" in needs):
         states = _take_tokens(_stack_layers(student_outputs.hidden_states, [s for s, _ in pairs]),
                               knowledge.token_index)
         dim_index = knowledge.dim_index
@@ -382,7 +386,7 @@ def gather(plan: Plan, student_outputs, knowledge: Knowledge, projection=None, s
             hidden = projection(states, out_index=dim_index)
         else:
             hidden = select_dims(projection(states), dim_index)
-    if knowledge.attentions is not None:
+    if knowledge.attentions is not None and (needs is None or "attentions" in needs):
         layers = [max(s - 1, 0) for s, _ in pairs]  # the embedding slot (scores only) is skipped by the terms
         if plan.spec.attention_scores:
             from hskd.models import attention_scores

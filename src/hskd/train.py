@@ -76,7 +76,7 @@ class DistillationModel(nn.Module):
         if not needs:
             return out, None, {}
         hidden, att = gather(self.plan, out, knowledge, self.projection, student=self.student,
-                             attention_mask=inputs["attention_mask"])
+                             attention_mask=inputs["attention_mask"], needs=needs)
         full = student_states_full(self.plan, out, knowledge, self.projection) \
             if objective.full_width and knowledge.hidden is not None else None
         x = LossInputs(logits=out.logits, labels=labels, example_ids=example_id, knowledge=knowledge,
