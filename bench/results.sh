@@ -297,6 +297,23 @@ step() {
                 done
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset pkd --recipe pkd-skip \
                   --student-learning-rate 1e-4 --seeds 42,43,44 --output-dir mrpc12/pkd-skip-preset-lr1e-4 --quiet ;;
+    mrpc12-ird-diagnose) # why --preset ird falls below FT on MRPC (after mrpc12-ird-preset, mrpc12-tinybert-2stage,
+                # mrpc12-preset-lr, cola12-ird-*-preset, cola12-tinybert-2stage): train vs dev fit, then the
+                # [CLS] cosine switched off (--beta 0: the attention KL alone in the internal stage)
+                for n in 42 43 44; do
+                  [ -d mrpc12/ird-internal/seed-$n ] || python "$REPO/bench/stage_student.py" \
+                    mrpc12/ird-preset/seed-$n internal mrpc12/ird-internal/seed-$n
+                done
+                [ -d mrpc12/kd/seed-42 ] || $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher \
+                  --recipe kd --num-train-epochs 3 --seed 42 --output-dir mrpc12/kd/seed-42 --quiet
+                python "$REPO/bench/fit_gap.py" --task MRPC --data-dir "$G" --teacher mrpc12/teacher mrpc12/teacher \
+                  mrpc12/ird-internal/seed-* mrpc12/ird-preset/seed-* mrpc12/kd/seed-42 mrpc12/tinybert-2stage/seed-* \
+                  mrpc12/tinybert-preset/seed-42 mrpc12/tbp-pred-1e-4/seed-42 | tee fitgap-mrpc.md
+                python "$REPO/bench/fit_gap.py" --task CoLA --data-dir "$G" --teacher cola12/teacher cola12/teacher \
+                  cola12/ird-stacked-preset/seed-* cola12/ird-progressive-preset/seed-42 \
+                  cola12/tinybert-preset/seed-42 cola12/tinybert-2stage/seed-42 | tee fitgap-cola.md
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird --ird-schedule all \
+                  --beta 0 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/ird-preset-beta0 --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -311,7 +328,8 @@ if [ "${1:-}" = all ]; then
            sst2-10k-preset cola12-methods cola12-ird sst2-10k-methods cola12-methods-2l \
            tinybert12 mrpc12-budgets-33 cola12-ird-preset sst2-seeds sst2-mud-seeds cola12-preset \
            sst2-sweep-seeds cola12-tinybert-2stage cola12-ird-progressive-preset cola12-ird-stacked-preset \
-           mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr report; do step $s; done
+           mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr \
+           mrpc12-ird-diagnose report; do step $s; done
 else
   step "$1"
 fi
