@@ -314,6 +314,10 @@ step() {
                   cola12/tinybert-preset/seed-42 cola12/tinybert-2stage/seed-42 | tee fitgap-cola.md
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird --ird-schedule all \
                   --beta 0 --num-train-epochs 3 --seeds 42,43,44 --output-dir mrpc12/ird-preset-beta0 --quiet ;;
+    cola12-ird-preset-beta0) # the remedy of step mrpc12-ird-diagnose on CoLA: --preset ird with the [CLS]
+                # cosine off (--beta 0), as step cola12-ird-preset
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird --ird-schedule all \
+                  --beta 0 --num-train-epochs 3 --seeds 42,43,44 --output-dir cola12/ird-preset-beta0 --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -329,7 +333,7 @@ if [ "${1:-}" = all ]; then
            tinybert12 mrpc12-budgets-33 cola12-ird-preset sst2-seeds sst2-mud-seeds cola12-preset \
            sst2-sweep-seeds cola12-tinybert-2stage cola12-ird-progressive-preset cola12-ird-stacked-preset \
            mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr \
-           mrpc12-ird-diagnose report; do step $s; done
+           mrpc12-ird-diagnose cola12-ird-preset-beta0 report; do step $s; done
 else
   step "$1"
 fi
