@@ -19,12 +19,13 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 
-def stage_student(run_dir: Path, stage: str, out_dir: Path) -> Path:
-    """Save the student of ``run_dir`` after stage ``stage`` (its name, e.g. ``intermediate``)
-    into ``out_dir`` with the run's tokenizer; returns the checkpoint it read.
+def load_stage_student(run_dir: Path, stage: str):
+    """The student of ``run_dir`` as stage ``stage`` (its name, e.g. ``intermediate``, ``hsk``)
+    left it: the run's model class and config with that stage's ``final.safetensors`` loaded.
+    Returns ``(model, checkpoint path)``.
 
     Raises:
-        SystemExit: the run has no finished stage of that name.
+        SystemExit: the run has no finished stage of that name, or the checkpoint does not fit.
     """
     finals = sorted((run_dir / "checkpoints").glob(f"[0-9][0-9]-{stage}/final.safetensors"))
     if not finals:
@@ -35,10 +36,17 @@ def stage_student(run_dir: Path, stage: str, out_dir: Path) -> Path:
     # the exported run ties no weights that the checkpoint lacks; anything else is a wrong run
     if unexpected or [k for k in missing if "position_ids" not in k]:
         raise SystemExit(f"{finals[0]} does not fit the run's config: missing {missing}, unexpected {unexpected}")
+    return model, finals[0]
+
+
+def stage_student(run_dir: Path, stage: str, out_dir: Path) -> Path:
+    """Save the student of ``run_dir`` after stage ``stage`` into ``out_dir`` with the run's
+    tokenizer; returns the checkpoint it read (errors: :func:`load_stage_student`)."""
+    model, checkpoint = load_stage_student(run_dir, stage)
     out_dir.mkdir(parents=True, exist_ok=False)
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(run_dir).save_pretrained(out_dir)
-    return finals[0]
+    return checkpoint
 
 
 def main() -> None:

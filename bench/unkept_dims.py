@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from stage_student import load_stage_student  # bench/, beside this script
 from transformers import AutoModelForSequenceClassification
 
 from hskd import models
@@ -66,12 +66,9 @@ def main() -> None:
         texts = [list(t) for t in zip(*(dev[c][: a.rows] for c in columns))]
         batches = [tokenizer(*zip(*texts[i:i + 64]), padding=True, truncation=True, max_length=64,
                              return_tensors="pt") for i in range(0, len(texts), 64)]
-        after = AutoModelForSequenceClassification.from_pretrained(run)
+        after, _ = load_stage_student(Path(run), "hsk")
         hidden = after.config.hidden_size
         kept = width_index(spec, torch.zeros(1, hidden))
-        state = load_file(str(Path(run) / "checkpoints" / "00-hsk" / "final.safetensors"))
-        after.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")},
-                              strict=False)
         backbone = AutoModelForSequenceClassification.from_pretrained(models.resolve_model(settings.get("student_model")))
         loss = settings.get("hidden_width_loss") or "selected"
         for name, model, layer in ((f"{run} after the HSK stage ({loss})", after, s_layer),
