@@ -318,6 +318,21 @@ step() {
                 # cosine off (--beta 0), as step cola12-ird-preset
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird --ird-schedule all \
                   --beta 0 --num-train-epochs 3 --seeds 42,43,44 --output-dir cola12/ird-preset-beta0 --quiet ;;
+    mrpc12-ird-progressive-preset) # Aguilar's progressive schedule with --preset ird on MRPC (each layer's
+                # stage to convergence, 10 epochs at most), then 3 kd epochs, as step cola12-ird-progressive-preset
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird \
+                  --ird-schedule progressive --num-train-epochs 3 --seeds 42,43,44 \
+                  --output-dir mrpc12/ird-progressive-preset --quiet ;;
+    sst2-10k-tinybert-2stage) # TinyBERT's two-stage form on SST-2's first 10,000 rows with hskd's defaults
+                # (1 intermediate + 1 prediction epoch, as the other 10k rows), 3 seeds (after sst2-10k-ird)
+                $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
+                  --recipe tinybert-2stage --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 \
+                  --output-dir sst2-10k/tinybert-2stage --quiet ;;
+    sst2-10k-ird-preset) # Aguilar's `all` schedule with --preset ird on SST-2's first 10,000 rows (the internal
+                # stage to convergence), then 1 kd epoch as the 10k rows' kd row, 3 seeds (after sst2-10k-ird)
+                $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
+                  --preset ird --ird-schedule all --num-train-epochs 1 --seeds 42,43,44 \
+                  --output-dir sst2-10k/ird-preset --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -333,7 +348,8 @@ if [ "${1:-}" = all ]; then
            tinybert12 mrpc12-budgets-33 cola12-ird-preset sst2-seeds sst2-mud-seeds cola12-preset \
            sst2-sweep-seeds cola12-tinybert-2stage cola12-ird-progressive-preset cola12-ird-stacked-preset \
            mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr \
-           mrpc12-ird-diagnose cola12-ird-preset-beta0 report; do step $s; done
+           mrpc12-ird-diagnose cola12-ird-preset-beta0 mrpc12-ird-progressive-preset \
+           sst2-10k-tinybert-2stage sst2-10k-ird-preset report; do step $s; done
 else
   step "$1"
 fi
