@@ -1,14 +1,16 @@
 """How well do saved models fit the training set, against the dev set? A diagnostic for students
 that fall below their baselines (docs/RESULTS.md: IRD trained to convergence on MRPC).
 
-For each model directory it prints, on the task's whole training set and its dev set, the task's
+For each model directory it prints, on the task's training set (its first
+``--max-train-samples`` rows if given) and its dev set, the task's
 metrics and the share of examples predicted as label 1. With ``--teacher``, it also prints the
 mean cosine between each student layer k's [CLS] hidden state and the teacher layer
 ``k * --stride``'s (Aguilar et al.'s [CLS] cosine term, measured with dropout off): a student
 that matches the teacher much better on the training rows than on dev rows has learnt the
 teacher's states of those rows rather than the teacher's function.
 
-Usage: python bench/fit_gap.py --task MRPC --data-dir ../shared/data/glue [--teacher T --stride 2] MODEL [MODEL ...]
+Usage: python bench/fit_gap.py --task MRPC --data-dir ../shared/data/glue [--teacher T --stride 2]
+       [--max-train-samples N] MODEL [MODEL ...]
 (MODEL: any saved classifier; bench/stage_student.py writes a run's student after one stage.)
 """
 
@@ -51,10 +53,11 @@ def main() -> None:
     ap.add_argument("--teacher", help="also measure each student layer's [CLS] cosine to this teacher")
     ap.add_argument("--stride", type=int, default=2, help="student layer k <- teacher layer k * stride (default 2)")
     ap.add_argument("--max-seq-length", type=int, help="default: 128 for pairs, 64 for single sentences")
+    ap.add_argument("--max-train-samples", type=int, help="the first N training rows, as the run that trained the models")
     a = ap.parse_args()
     torch.set_num_threads(1)
     task = get_task(a.task)
-    data = load_glue(task, a.data_dir)
+    data = load_glue(task, a.data_dir, a.max_train_samples)
     splits = {"train": data.train, "dev": next(iter(data.dev.values()))}
     max_len = a.max_seq_length or (128 if "text_b" in data.train.column_names else 64)
     teacher = {s: forward(a.teacher, d, max_len)[1] for s, d in splits.items()} if a.teacher else None
