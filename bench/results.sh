@@ -329,10 +329,14 @@ step() {
                   --recipe tinybert-2stage --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 \
                   --output-dir sst2-10k/tinybert-2stage --quiet ;;
     sst2-10k-ird-preset) # Aguilar's `all` schedule with --preset ird on SST-2's first 10,000 rows (the internal
-                # stage to convergence), then 1 kd epoch as the 10k rows' kd row, 3 seeds (after sst2-10k-ird)
+                # stage to convergence), then 1 kd epoch as the 10k rows' kd row, 3 seeds, and their train vs
+                # dev fit (after sst2-10k-ird and sst2-10k-tinybert-2stage)
                 $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
                   --preset ird --ird-schedule all --num-train-epochs 1 --seeds 42,43,44 \
-                  --output-dir sst2-10k/ird-preset --quiet ;;
+                  --output-dir sst2-10k/ird-preset --quiet
+                python "$REPO/bench/fit_gap.py" --task SST-2 --data-dir "$G" --max-train-samples 10000 \
+                  --teacher sst2-10k/teacher sst2-10k/teacher sst2-10k/ird-preset/seed-* \
+                  sst2-10k/tinybert-2stage/seed-42 | tee fitgap-sst2.md ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
