@@ -319,10 +319,13 @@ step() {
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset ird --ird-schedule all \
                   --beta 0 --num-train-epochs 3 --seeds 42,43,44 --output-dir cola12/ird-preset-beta0 --quiet ;;
     mrpc12-ird-progressive-preset) # Aguilar's progressive schedule with --preset ird on MRPC (each layer's
-                # stage to convergence, 10 epochs at most), then 3 kd epochs, as step cola12-ird-progressive-preset
+                # stage to convergence, 10 epochs at most), then 3 kd epochs, as step cola12-ird-progressive-preset,
+                # and the students' train vs dev fit
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird \
                   --ird-schedule progressive --num-train-epochs 3 --seeds 42,43,44 \
-                  --output-dir mrpc12/ird-progressive-preset --quiet ;;
+                  --output-dir mrpc12/ird-progressive-preset --quiet
+                python "$REPO/bench/fit_gap.py" --task MRPC --data-dir "$G" --teacher mrpc12/teacher \
+                  mrpc12/ird-progressive-preset/seed-* | tee fitgap-mrpc-progressive.md ;;
     sst2-10k-tinybert-2stage) # TinyBERT's two-stage form on SST-2's first 10,000 rows with hskd's defaults
                 # (1 intermediate + 1 prediction epoch, as the other 10k rows), 3 seeds (after sst2-10k-ird)
                 $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
