@@ -16,13 +16,13 @@ import argparse
 from pathlib import Path
 
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 
-def load_stage_student(run_dir: Path, stage: str):
+def load_stage_student(run_dir: Path, stage: str) -> tuple[PreTrainedModel, Path]:
     """The student of ``run_dir`` as stage ``stage`` (its name, e.g. ``intermediate``, ``hsk``)
     left it: the run's model class and config with that stage's ``final.safetensors`` loaded.
-    Returns ``(model, checkpoint path)``.
+    Returns ``(model, checkpoint path)``; the model is in eval mode, as ``from_pretrained`` gives it.
 
     Raises:
         SystemExit: the run has no finished stage of that name, or the checkpoint does not fit.
@@ -36,7 +36,7 @@ def load_stage_student(run_dir: Path, stage: str):
     # the exported run ties no weights that the checkpoint lacks; anything else is a wrong run
     if unexpected or [k for k in missing if "position_ids" not in k]:
         raise SystemExit(f"{finals[0]} does not fit the run's config: missing {missing}, unexpected {unexpected}")
-    return model, finals[0]
+    return model.eval(), finals[0]
 
 
 def stage_student(run_dir: Path, stage: str, out_dir: Path) -> Path:
