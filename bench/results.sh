@@ -326,6 +326,20 @@ step() {
                   --output-dir mrpc12/ird-progressive-preset --quiet
                 python "$REPO/bench/fit_gap.py" --task MRPC --data-dir "$G" --teacher mrpc12/teacher \
                   mrpc12/ird-progressive-preset/seed-* | tee fitgap-mrpc-progressive.md ;;
+    mrpc12-ird-stacked-preset) # Aguilar's stacked schedule with --preset ird on MRPC (stage k teaches student
+                # layers 1..k, each stage to convergence, 10 epochs at most), then 3 kd epochs, as step
+                # cola12-ird-stacked-preset, and the students' train vs dev fit
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird \
+                  --ird-schedule stacked --num-train-epochs 3 --seeds 42,43,44 \
+                  --output-dir mrpc12/ird-stacked-preset --quiet
+                python "$REPO/bench/fit_gap.py" --task MRPC --data-dir "$G" --teacher mrpc12/teacher \
+                  mrpc12/ird-stacked-preset/seed-* | tee fitgap-mrpc-stacked.md ;;
+    mrpc12-ird-progressive-6ep) # the order or the length? Aguilar's progressive schedule with 2 epochs a stage and
+                # no convergence test (6 internal epochs, as many as `all` took to converge under --preset ird on
+                # MRPC; the preset sets only the convergence test and its cap), then 3 kd epochs, 3 seeds
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe ird \
+                  --ird-schedule progressive --stage-epochs 2 --num-train-epochs 3 \
+                  --seeds 42,43,44 --output-dir mrpc12/ird-progressive-6ep --quiet ;;
     sst2-10k-tinybert-2stage) # TinyBERT's two-stage form on SST-2's first 10,000 rows with hskd's defaults
                 # (1 intermediate + 1 prediction epoch, as the other 10k rows), 3 seeds (after sst2-10k-ird)
                 $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
@@ -356,7 +370,7 @@ if [ "${1:-}" = all ]; then
            sst2-sweep-seeds cola12-tinybert-2stage cola12-ird-progressive-preset cola12-ird-stacked-preset \
            mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr \
            mrpc12-ird-diagnose cola12-ird-preset-beta0 mrpc12-ird-progressive-preset \
-           sst2-10k-tinybert-2stage sst2-10k-ird-preset report; do step $s; done
+           sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep report; do step $s; done
 else
   step "$1"
 fi
