@@ -253,6 +253,10 @@ def test_presets_set_the_official_values_and_flags_win():
     ird = resolve({"preset": "ird"}, None, recipe_defaults)  # each internal stage "to convergence"
     assert (ird.recipe, ird.stage_convergence, ird.stage_epochs) == ("ird", 0.01, 10.0)
     assert resolve({"preset": "ird", "stage_epochs": 3.0}, None, recipe_defaults).stage_epochs == 3.0
+    # 0 turns the preset's convergence test off: each stage then trains all its epochs
+    assert resolve({"preset": "ird", "stage_convergence": 0}, None, recipe_defaults).stage_convergence == 0.0
+    with pytest.raises(HskdError, match="stage_convergence must be at least 0"):
+        resolve({"preset": "ird", "stage_convergence": -0.01}, None, recipe_defaults)
     with pytest.raises(HskdError, match="describes recipe"):
         resolve({"preset": "pkd", "recipe": "mud"}, None, recipe_defaults)
 

@@ -238,6 +238,9 @@ def test_settings_added_later_leave_older_runs_recognised_and_search_controls_ou
     converging = Settings(task="MRPC", recipe="ird", stage_convergence=0.01)
     assert fingerprint_settings(converging, "distill")["stage_convergence"] == 0.01
     assert "stage_convergence" not in fingerprint_settings(converging, "finetune")
+    # 0 is the test turned off, the same run as no test at all
+    assert fingerprint_settings(Settings(task="MRPC", recipe="ird", stage_convergence=0.0), "distill") == \
+        fingerprint_settings(Settings(task="MRPC", recipe="ird"), "distill")
 
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"),

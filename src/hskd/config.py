@@ -89,8 +89,9 @@ class Settings:
                                                 'mud\'s HSK stage, tinybert-2stage\'s intermediate stage) until an '
                                                 'epoch lowers its mean training loss by less than this fraction '
                                                 '(e.g. 0.01); its epochs (--stage-epochs, --hsk-epochs) stay the '
-                                                'upper bound',
-                                          STUDENT, above=0)
+                                                'upper bound; 0 turns the test off (a preset\'s stages then train '
+                                                'for all their epochs)',
+                                          STUDENT, minimum=0)
     cache: str | None = opt(None, 'train from this knowledge cache; the teacher is not loaded', ('distill',))
     storage: str | None = opt(None, 'hidden values in the cache: fp16, bf16, int8 (default; scale per token row), '
                                     'int8-dim (scale per dimension) or fp8; distill: checked against the cache',

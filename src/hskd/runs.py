@@ -35,7 +35,7 @@ LATER_DEFAULTS = {"bf16": False, "fp16": False, "gradient_accumulation_steps": 1
 
 
 # Later settings whose explicit default spelling must fingerprint as their absence.
-DEFAULT_SPELLINGS = {"hsk_padding": "exclude"}
+DEFAULT_SPELLINGS = {"hsk_padding": "exclude", "stage_convergence": 0.0}  # 0: the test off, as None
 # Later distillation-only settings, never part of a fine-tuning fingerprint (the earlier ones stay
 # in it, so that teachers fingerprinted with them are still recognised).
 NOT_FINETUNE = {"hsk_padding", "stage_convergence"}
