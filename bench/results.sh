@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The runs behind docs/RESULTS.md, in the order they were made (one after another: this machine
 # has 2 cores). Run from a directory for the outputs; GLUE at $GLUE_DIR.
-# Usage: bash bench/results.sh STEP   (steps below; `all` runs them in order)
+# Usage: bash bench/results.sh STEP   (steps below; `all` runs them in order). HSKD and PYTHON name
+# the hskd command and the interpreter of the bench scripts (default: hskd and python on the PATH).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 G=${GLUE_DIR:-$REPO/../shared/data/glue}
 export HF_HUB_OFFLINE=1
 H=${HSKD:-hskd}  # e.g. HSKD="python -m hskd.cli"
+PY=${PYTHON:-python}  # the bench scripts' interpreter, e.g. PYTHON=.venv/bin/python
+# the train vs dev fit of saved models (bench/fit_gap.py), on this GLUE
+fit_gap() { $PY "$REPO/bench/fit_gap.py" --data-dir "$G" "$@"; }
 step() {
   case "$1" in
     sst2-run)   $H run --task SST-2 --data-dir "$G" --num-train-epochs 1 --output-dir sst2 --quiet ;;
@@ -15,10 +19,10 @@ step() {
                   --output-dir mrpc-kd --quiet ;;
     sst2-kd)    $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe kd --num-train-epochs 1 \
                   --output-dir sst2-kd --quiet ;;
-    bench)      python "$REPO/bench/teacher_free.py" --data-dir "$G" --steps 40 | tee bench_teacher_free.md
-                python "$REPO/bench/inference.py" --task SST-2 --data-dir "$G" sst2/teacher sst2/student-finetune \
+    bench)      $PY "$REPO/bench/teacher_free.py" --data-dir "$G" --steps 40 | tee bench_teacher_free.md
+                $PY "$REPO/bench/inference.py" --task SST-2 --data-dir "$G" sst2/teacher sst2/student-finetune \
                   sst2/student | tee bench_inference_sst2.md
-                python "$REPO/bench/inference.py" --task MRPC --data-dir "$G" mrpc/teacher mrpc/student-finetune \
+                $PY "$REPO/bench/inference.py" --task MRPC --data-dir "$G" mrpc/teacher mrpc/student-finetune \
                   mrpc/student | tee bench_inference_mrpc.md ;;
     mrpc12-teacher) $H finetune --task MRPC --data-dir "$G" --num-train-epochs 3 --output-dir mrpc12/teacher --quiet ;;
     mrpc12-caches) # 1 layer x 10 tokens x every dim: hskd's ranking, and MUD's (att_ttop12, pre-softmax scores)
@@ -286,7 +290,7 @@ step() {
                 # preset's 3e-5 (a check that the rerun reproduces the two-stage run); then --preset pkd's
                 # PKD-Skip at lr 1e-4
                 for n in 42 43 44; do
-                  [ -d mrpc12/tbp-students/seed-$n ] || python "$REPO/bench/stage_student.py" \
+                  [ -d mrpc12/tbp-students/seed-$n ] || $PY "$REPO/bench/stage_student.py" \
                     mrpc12/tinybert-preset/seed-$n intermediate mrpc12/tbp-students/seed-$n
                 done
                 for run in 3e-5:42 1e-4:42 1e-4:43 1e-4:44; do lr=${run%:*} n=${run#*:}
@@ -301,15 +305,15 @@ step() {
                 # mrpc12-preset-lr, cola12-ird-*-preset, cola12-tinybert-2stage): train vs dev fit, then the
                 # [CLS] cosine switched off (--beta 0: the attention KL alone in the internal stage)
                 for n in 42 43 44; do
-                  [ -d mrpc12/ird-internal/seed-$n ] || python "$REPO/bench/stage_student.py" \
+                  [ -d mrpc12/ird-internal/seed-$n ] || $PY "$REPO/bench/stage_student.py" \
                     mrpc12/ird-preset/seed-$n internal mrpc12/ird-internal/seed-$n
                 done
                 [ -d mrpc12/kd/seed-42 ] || $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher \
                   --recipe kd --num-train-epochs 3 --seed 42 --output-dir mrpc12/kd/seed-42 --quiet
-                python "$REPO/bench/fit_gap.py" --task MRPC --data-dir "$G" --teacher mrpc12/teacher mrpc12/teacher \
+                fit_gap --task MRPC --teacher mrpc12/teacher mrpc12/teacher \
                   mrpc12/ird-internal/seed-* mrpc12/ird-preset/seed-* mrpc12/kd/seed-42 mrpc12/tinybert-2stage/seed-* \
                   mrpc12/tinybert-preset/seed-42 mrpc12/tbp-pred-1e-4/seed-42 | tee fitgap-mrpc.md
-                python "$REPO/bench/fit_gap.py" --task CoLA --data-dir "$G" --teacher cola12/teacher cola12/teacher \
+                fit_gap --task CoLA --teacher cola12/teacher cola12/teacher \
                   cola12/ird-stacked-preset/seed-* cola12/ird-progressive-preset/seed-42 \
                   cola12/tinybert-preset/seed-42 cola12/tinybert-2stage/seed-42 | tee fitgap-cola.md
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird --ird-schedule all \
@@ -324,7 +328,7 @@ step() {
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird \
                   --ird-schedule progressive --num-train-epochs 3 --seeds 42,43,44 \
                   --output-dir mrpc12/ird-progressive-preset --quiet
-                python "$REPO/bench/fit_gap.py" --task MRPC --data-dir "$G" --teacher mrpc12/teacher \
+                fit_gap --task MRPC --teacher mrpc12/teacher \
                   mrpc12/ird-progressive-preset/seed-* | tee fitgap-mrpc-progressive.md ;;
     mrpc12-ird-stacked-preset) # Aguilar's stacked schedule with --preset ird on MRPC (stage k teaches student
                 # layers 1..k, each stage to convergence, 10 epochs at most), then 3 kd epochs, as step
@@ -332,7 +336,7 @@ step() {
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset ird \
                   --ird-schedule stacked --num-train-epochs 3 --seeds 42,43,44 \
                   --output-dir mrpc12/ird-stacked-preset --quiet
-                python "$REPO/bench/fit_gap.py" --task MRPC --data-dir "$G" --teacher mrpc12/teacher \
+                fit_gap --task MRPC --teacher mrpc12/teacher \
                   mrpc12/ird-stacked-preset/seed-* | tee fitgap-mrpc-stacked.md ;;
     mrpc12-ird-progressive-6ep) # the order or the length? Aguilar's progressive schedule with 2 epochs a stage and
                 # no convergence test (6 internal epochs, as many as `all` took to converge under --preset ird on
@@ -351,7 +355,7 @@ step() {
                 $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
                   --preset ird --ird-schedule all --num-train-epochs 1 --seeds 42,43,44 \
                   --output-dir sst2-10k/ird-preset --quiet
-                python "$REPO/bench/fit_gap.py" --task SST-2 --data-dir "$G" --max-train-samples 10000 \
+                fit_gap --task SST-2 --max-train-samples 10000 \
                   --teacher sst2-10k/teacher sst2-10k/teacher sst2-10k/ird-preset/seed-* \
                   sst2-10k/tinybert-2stage/seed-42 | tee fitgap-sst2.md ;;
     report)     for t in sst2 mrpc cola; do
