@@ -344,6 +344,26 @@ step() {
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe ird \
                   --ird-schedule progressive --stage-epochs 2 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir mrpc12/ird-progressive-6ep --quiet ;;
+    mrpc12-ird-all-6ep) # the same question from the other side: Aguilar's `all` schedule for a fixed 6 internal
+                # epochs, no convergence test (its lr decays over the 6 epochs, as progressive's over its 2 a
+                # stage; under --preset ird it was laid over the 10-epoch cap), then 3 kd epochs, 3 seeds
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe ird \
+                  --ird-schedule all --stage-epochs 6 --num-train-epochs 3 \
+                  --seeds 42,43,44 --output-dir mrpc12/ird-all-6ep --quiet ;;
+    sst2-10k-ird-schedules) # Aguilar's three schedules on SST-2's first 10,000 rows at one internal budget:
+                # progressive and stacked at 1 epoch a stage (3 internal epochs, as step sst2-10k-ird's `all`
+                # at 3 epochs), then 1 kd epoch, 3 seeds (after sst2-10k-ird)
+                for s in progressive stacked; do
+                  $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
+                    --recipe ird --ird-schedule $s --stage-epochs 1 --num-train-epochs 1 --seeds 42,43,44 \
+                    --output-dir "sst2-10k/ird-$s-3ep" --quiet
+                done ;;
+    sst2-10k-ird-progressive-preset) # Aguilar's progressive schedule with --preset ird on SST-2's first 10,000
+                # rows (each layer's stage to convergence, 10 epochs at most), then 1 kd epoch, as step
+                # sst2-10k-ird-preset, 3 seeds (after sst2-10k-ird)
+                $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
+                  --preset ird --ird-schedule progressive --num-train-epochs 1 --seeds 42,43,44 \
+                  --output-dir sst2-10k/ird-progressive-preset --quiet ;;
     sst2-10k-tinybert-2stage) # TinyBERT's two-stage form on SST-2's first 10,000 rows with hskd's defaults
                 # (1 intermediate + 1 prediction epoch, as the other 10k rows), 3 seeds (after sst2-10k-ird)
                 $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
@@ -374,7 +394,8 @@ if [ "${1:-}" = all ]; then
            sst2-sweep-seeds cola12-tinybert-2stage cola12-ird-progressive-preset cola12-ird-stacked-preset \
            mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr \
            mrpc12-ird-diagnose cola12-ird-preset-beta0 mrpc12-ird-progressive-preset \
-           sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep report; do step $s; done
+           sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep \
+           mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset report; do step $s; done
 else
   step "$1"
 fi
