@@ -321,6 +321,7 @@ def test_tinybert_two_stage_recipe_distills_attention_scores_online_and_from_the
 
 def test_seeds_run_one_student_per_seed_and_report_the_spread(tmp_path, capsys, tiny_glue, tiny_teacher):
     import json
+    import shutil
     import statistics
 
     from tests.conftest import TINY, run_cli
@@ -339,6 +340,13 @@ def test_seeds_run_one_student_per_seed_and_report_the_spread(tmp_path, capsys, 
     first = (out / "seed-3" / "checkpoints").stat().st_mtime_ns
     assert run_cli(*args) == 0  # a rerun keeps the finished seeds
     assert (out / "seed-3" / "checkpoints").stat().st_mtime_ns == first
+    # a finished seed whose checkpoints were deleted to save disk is read back, not trained again
+    shutil.rmtree(out / "seed-3" / "checkpoints")
+    model = (out / "seed-3" / "model.safetensors").stat().st_mtime_ns
+    assert run_cli(*args) == 0
+    assert not (out / "seed-3" / "checkpoints").exists()
+    assert (out / "seed-3" / "model.safetensors").stat().st_mtime_ns == model
+    assert json.loads((out / "seeds.json").read_text()) == summary
     capsys.readouterr()
     bad = [a if a != "3,4" else "3,3" for a in args]
     bad[bad.index(out)] = tmp_path / "bad"

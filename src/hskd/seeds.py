@@ -1,8 +1,9 @@
 """``--seeds 42,43,44``: one job per seed, and the spread of its dev metric.
 
-Each seed trains into ``OUT/seed-N`` (a run of its own: resumed or reused on a rerun), and
-``OUT/seeds.json`` and ``OUT/seeds.md`` give every seed's dev metrics with their mean and sample
-standard deviation, so that a difference between two methods can be judged against the noise.
+Each seed trains into ``OUT/seed-N`` (a run of its own: on a rerun a finished one is read back
+untouched, an unfinished one resumed), and ``OUT/seeds.json`` and ``OUT/seeds.md`` give every
+seed's dev metrics with their mean and sample standard deviation, so that a difference between
+two methods can be judged against the noise.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def run_seeds(s: Settings, job, models: tuple[str, ...] | None = None) -> dict:
         for seed in seeds:
             child = with_changes(s, seed=seed, seeds=None, output_dir=str(out / f"seed-{seed}"),
                                  resume=not s.overwrite)
-            record = job(child)
+            # a finished seed is read back, never retrained: resuming it would train it again from
+            # scratch once its checkpoints/ had been deleted to save disk, and overwrite its model
+            record = job(child, reuse=True) if models is None else job(child)  # hskd run reuses its own
             if models is None:
                 runs[seed] = record["eval"]
             else:  # hskd run: each model's record in its sub-folder
