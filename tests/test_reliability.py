@@ -118,6 +118,20 @@ def test_resume_with_changed_settings_names_the_keys(capsys, tiny_glue, tiny_bac
     assert code == 2 and "holds a different run (changed: seed, weight_decay)" in _error_line(capsys)
 
 
+def test_resume_reads_a_finished_run_back_even_with_its_checkpoints_deleted(tmp_path, capsys, tiny_glue,
+                                                                            tiny_backbone, finished):
+    # before: with checkpoints/ deleted (to save disk), --resume found no checkpoint, trained the
+    # run again from scratch and overwrote its model and record
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    shutil.rmtree(run / "checkpoints")
+    model, record = (run / "model.safetensors").stat().st_mtime_ns, (run / "hskd.json").read_bytes()
+    assert run_cli("finetune", "--task", "SST-2", "--data-dir", tiny_glue, "--model", tiny_backbone,
+                   "--output-dir", run, "--resume", *TINY) == 0
+    assert not (run / "checkpoints").exists()
+    assert (run / "model.safetensors").stat().st_mtime_ns == model and (run / "hskd.json").read_bytes() == record
+
+
 def test_resume_with_another_cache_is_refused(tmp_path, capsys, tiny_glue, tiny_teacher):
     common = ("--task", "SST-2", "--data-dir", tiny_glue, "--teacher", tiny_teacher, "--student-layers", "2")
     for name, knowledge in (("a", "1l_2t"), ("b", "1l_3t")):

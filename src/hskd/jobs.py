@@ -45,21 +45,19 @@ from hskd.terms import TermContext
 from hskd.train import DistillationModel, run_stage
 
 
-def finetune(s: Settings, reuse: bool = False) -> dict:
+def finetune(s: Settings) -> dict:
     """Fine-tune ``s.model`` (first ``s.layers`` layers, or all) on the task: how the teacher
-    is made, and the plain-fine-tuning baseline of students. Returns the run record; with
-    ``reuse``, a finished identical run's record, untouched (see :func:`train_job`)."""
+    is made, and the plain-fine-tuning baseline of students. Returns the run record."""
     s = with_changes(s, recipe="finetune")
     return train_job(s, "finetune", backbone=s.model, layers=parse_layers(s.layers),
-                      learning_rate=s.learning_rate, reuse=reuse)
+                      learning_rate=s.learning_rate)
 
 
-def distill(s: Settings, reuse: bool = False) -> dict:
-    """Build a student and train it with ``s.recipe``, from ``s.teacher`` or ``s.cache``.
-    With ``reuse``, a finished identical run's record is returned untouched."""
+def distill(s: Settings) -> dict:
+    """Build a student and train it with ``s.recipe``, from ``s.teacher`` or ``s.cache``."""
     load_recipe(s.recipe)  # an unknown recipe fails here, before anything is loaded
     return train_job(s, "distill", backbone=s.student_model, layers=parse_layers(s.student_layers),
-                      learning_rate=s.student_learning_rate, hidden_size=s.student_hidden_size, reuse=reuse)
+                      learning_rate=s.student_learning_rate, hidden_size=s.student_hidden_size)
 
 
 def train_job(s: Settings, job: str, backbone: str | None, layers, learning_rate: float,

@@ -77,7 +77,8 @@ def cache_identity(path: str) -> str | None:
 
 def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, reuse: bool = False) -> tuple[Path, str]:
     """Check the output directory before any work. Returns (path, state) with state one of
-    ``new``, ``resume`` or ``complete`` (only when ``reuse``: a finished identical run).
+    ``new``, ``overwrite``, ``resume`` or ``complete`` (a finished identical run, with ``reuse``
+    or --resume: it is read back, never retrained, even when its ``checkpoints/`` were deleted).
 
     Raises:
         HskdError: it holds a different or unfinished run and neither --overwrite nor
@@ -100,7 +101,7 @@ def prepare_output(path: str | None, job: str, settings_fp: dict, s: Settings, r
     same = info.get("settings") == settings_fp
     if s.overwrite:
         return out, "overwrite"
-    if same and info.get("status") == "complete" and reuse:
+    if same and info.get("status") == "complete" and (reuse or s.resume):
         return out, "complete"
     if same and s.resume:
         return out, "resume"

@@ -64,9 +64,9 @@ def run_seeds(s: Settings, job, models: tuple[str, ...] | None = None) -> dict:
         for seed in seeds:
             child = with_changes(s, seed=seed, seeds=None, output_dir=str(out / f"seed-{seed}"),
                                  resume=not s.overwrite)
-            # a finished seed is read back, never retrained: resuming it would train it again from
-            # scratch once its checkpoints/ had been deleted to save disk, and overwrite its model
-            record = job(child, reuse=True) if models is None else job(child)  # hskd run reuses its own
+            # resume: a finished seed is read back untouched (even with its checkpoints/ deleted),
+            # an interrupted one goes on from its last checkpoint
+            record = job(child)
             if models is None:
                 runs[seed] = record["eval"]
             else:  # hskd run: each model's record in its sub-folder
