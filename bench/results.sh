@@ -364,6 +364,12 @@ step() {
                 $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
                   --preset ird --ird-schedule progressive --num-train-epochs 1 --seeds 42,43,44 \
                   --output-dir sst2-10k/ird-progressive-preset --quiet ;;
+    sst2-10k-ird-stacked-preset) # Aguilar's stacked schedule with --preset ird on SST-2's first 10,000 rows
+                # (stage k teaches layers 1..k, each stage to convergence, 10 epochs at most), then 1 kd
+                # epoch, as step sst2-10k-ird-progressive-preset, 3 seeds (after sst2-10k-ird)
+                $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
+                  --preset ird --ird-schedule stacked --num-train-epochs 1 --seeds 42,43,44 \
+                  --output-dir sst2-10k/ird-stacked-preset --quiet ;;
     sst2-10k-tinybert-2stage) # TinyBERT's two-stage form on SST-2's first 10,000 rows with hskd's defaults
                 # (1 intermediate + 1 prediction epoch, as the other 10k rows), 3 seeds (after sst2-10k-ird)
                 $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
@@ -395,7 +401,7 @@ if [ "${1:-}" = all ]; then
            mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr \
            mrpc12-ird-diagnose cola12-ird-preset-beta0 mrpc12-ird-progressive-preset \
            sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep \
-           mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset report; do step $s; done
+           mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset report; do step $s; done
 else
   step "$1"
 fi
