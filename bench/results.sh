@@ -375,6 +375,12 @@ step() {
                 $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
                   --recipe tinybert-2stage --hsk-epochs 1 --num-train-epochs 1 --seeds 42,43,44 \
                   --output-dir sst2-10k/tinybert-2stage --quiet ;;
+    sst2-10k-tinybert-preset) # TinyBERT's two-stage form on SST-2's first 10,000 rows with --preset tinybert
+                # (10 + 3 epochs, TinyBERT's lr and losses), per-batch padding as steps cola12-tinybert-2stage
+                # and mrpc12-tinybert-preset, 3 seeds (after sst2-10k-ird)
+                $H distill --task SST-2 --data-dir "$G" --max-train-samples 10000 --teacher sst2-10k/teacher \
+                  --preset tinybert --hsk-padding exclude --seeds 42,43,44 \
+                  --output-dir sst2-10k/tinybert-preset --quiet ;;
     sst2-10k-ird-preset) # Aguilar's `all` schedule with --preset ird on SST-2's first 10,000 rows (the internal
                 # stage to convergence), then 1 kd epoch as the 10k rows' kd row, 3 seeds, and their train vs
                 # dev fit (after sst2-10k-ird and sst2-10k-tinybert-2stage)
@@ -401,7 +407,8 @@ if [ "${1:-}" = all ]; then
            mrpc12-tinybert-preset mrpc12-tinybert-2stage mrpc12-ird-preset mrpc12-preset-lr \
            mrpc12-ird-diagnose cola12-ird-preset-beta0 mrpc12-ird-progressive-preset \
            sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep \
-           mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset report; do step $s; done
+           mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset \
+           sst2-10k-tinybert-preset report; do step $s; done
 else
   step "$1"
 fi
