@@ -118,8 +118,8 @@ def test_resume_with_changed_settings_names_the_keys(capsys, tiny_glue, tiny_bac
     assert code == 2 and "holds a different run (changed: seed, weight_decay)" in _error_line(capsys)
 
 
-def test_resume_reads_a_finished_run_back_even_with_its_checkpoints_deleted(tmp_path, capsys, tiny_glue,
-                                                                            tiny_backbone, finished):
+def test_resume_reads_a_finished_run_back_even_with_its_checkpoints_deleted(tmp_path, tiny_glue, tiny_backbone,
+                                                                            finished):
     # before: with checkpoints/ deleted (to save disk), --resume found no checkpoint, trained the
     # run again from scratch and overwrote its model and record
     run = tmp_path / "run"
