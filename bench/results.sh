@@ -390,6 +390,17 @@ step() {
                 fit_gap --task SST-2 --max-train-samples 10000 \
                   --teacher sst2-10k/teacher sst2-10k/teacher sst2-10k/ird-preset/seed-* \
                   sst2-10k/tinybert-2stage/seed-42 | tee fitgap-sst2.md ;;
+    cola12-pkd-preset) # PKD-Skip with --preset pkd (lr 1e-5, beta 500, 4 epochs) on CoLA, 3 seeds, beside
+                # step cola12-methods' defaults (as mrpc12-pkd-preset)
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset pkd --recipe pkd-skip \
+                  --seeds 42,43,44 --output-dir cola12/pkd-skip-preset --quiet ;;
+    mrpc12-preset-full) # --preset mud at MUD's full MRPC schedule (after mrpc12-teacher), 3 seeds: its own
+                # cache (static padding), HSK stage 20 epochs at constant lr 5e-5, prediction stage 5 epochs at
+                # 2e-5, T = 1, soft CE, evaluated every 50 steps; nothing overridden
+                $H cache --task MRPC --data-dir "$G" --teacher mrpc12/teacher --preset mud --knowledge 1l_10t \
+                  --student-layers 3 --output-dir mrpc12/cache-preset --quiet
+                $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-preset --preset mud \
+                  --knowledge 1l_10t_0.1h --seeds 42,43,44 --output-dir mrpc12/mud-preset-full --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -408,7 +419,8 @@ if [ "${1:-}" = all ]; then
            mrpc12-ird-diagnose cola12-ird-preset-beta0 mrpc12-ird-progressive-preset \
            sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep \
            mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset \
-           sst2-10k-tinybert-preset report; do step $s; done
+           sst2-10k-tinybert-preset mrpc12-preset-full \
+           cola12-pkd-preset report; do step $s; done
 else
   step "$1"
 fi
