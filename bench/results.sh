@@ -401,6 +401,22 @@ step() {
                   --student-layers 3 --output-dir mrpc12/cache-preset --quiet
                 $H distill --task MRPC --data-dir "$G" --cache mrpc12/cache-preset --preset mud \
                   --knowledge 1l_10t_0.1h --seeds 42,43,44 --output-dir mrpc12/mud-preset-full --quiet ;;
+    sst2-10k-pkd-preset) # --preset pkd on SST-2's first 10,000 rows, 3 seeds (after sst2-10k-ird), beside step
+                # sst2-10k-methods' defaults: PKD-Skip and PKD-Last as the preset sets them, PKD-Skip with only
+                # the lr raised to hskd's 1e-4 (as mrpc12-preset-lr), and plain FT at the preset's lr and epochs
+                N="--max-train-samples 10000"
+                for r in pkd-skip pkd-last; do
+                  $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --preset pkd --recipe $r \
+                    --seeds 42,43,44 --output-dir sst2-10k/$r-preset --quiet
+                done
+                $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --preset pkd --recipe pkd-skip \
+                  --student-learning-rate 1e-4 --seeds 42,43,44 --output-dir sst2-10k/pkd-skip-preset-lr1e-4 --quiet
+                $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-5 --num-train-epochs 4 \
+                  --seeds 42 --output-dir sst2-10k/ft-lr1e-5-4ep --quiet ;;
+    cola12-pkd-preset-lr) # --preset pkd's PKD-Skip on CoLA with only the lr raised to hskd's 1e-4 (as step
+                # mrpc12-preset-lr), 3 seeds (after cola12-teacher)
+                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset pkd --recipe pkd-skip \
+                  --student-learning-rate 1e-4 --seeds 42,43,44 --output-dir cola12/pkd-skip-preset-lr1e-4 --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -420,7 +436,7 @@ if [ "${1:-}" = all ]; then
            sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep \
            mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset \
            sst2-10k-tinybert-preset mrpc12-preset-full \
-           cola12-pkd-preset report; do step $s; done
+           cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr report; do step $s; done
 else
   step "$1"
 fi
