@@ -413,6 +413,15 @@ step() {
                   --student-learning-rate 1e-4 --seeds 42,43,44 --output-dir sst2-10k/pkd-skip-preset-lr1e-4 --quiet
                 $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-5 --num-train-epochs 4 \
                   --seeds 42 --output-dir sst2-10k/ft-lr1e-5-4ep --quiet ;;
+    sst2-10k-methods-4ep) # PKD's table on SST-2's first 10,000 rows at the preset's 4 epochs with hskd's
+                # defaults, 3 seeds: FT, KD, PKD-Skip (beside sst2-10k-pkd-preset; 1 epoch: sst2-10k-methods)
+                N="--max-train-samples 10000"
+                $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-4 --num-train-epochs 4 \
+                  --seeds 42,43,44 --output-dir sst2-10k/ft-4ep --quiet
+                for r in kd pkd-skip; do
+                  $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --recipe $r --num-train-epochs 4 \
+                    --seeds 42,43,44 --output-dir sst2-10k/$r-4ep --quiet
+                done ;;
     cola12-pkd-preset-lr) # --preset pkd's PKD-Skip on CoLA with only the lr raised to hskd's 1e-4 (as step
                 # mrpc12-preset-lr), 3 seeds (after cola12-teacher)
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset pkd --recipe pkd-skip \
@@ -436,7 +445,7 @@ if [ "${1:-}" = all ]; then
            sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep \
            mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset \
            sst2-10k-tinybert-preset mrpc12-preset-full \
-           cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr report; do step $s; done
+           cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr sst2-10k-methods-4ep report; do step $s; done
 else
   step "$1"
 fi
