@@ -414,11 +414,11 @@ step() {
                 $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-5 --num-train-epochs 4 \
                   --seeds 42 --output-dir sst2-10k/ft-lr1e-5-4ep --quiet ;;
     sst2-10k-methods-4ep) # PKD's table on SST-2's first 10,000 rows at the preset's 4 epochs with hskd's
-                # defaults, 3 seeds: FT, KD, PKD-Skip (beside sst2-10k-pkd-preset; 1 epoch: sst2-10k-methods)
+                # defaults, 3 seeds: FT, KD, PKD-Skip, PKD-Last (beside sst2-10k-pkd-preset; 1 epoch: sst2-10k-methods)
                 N="--max-train-samples 10000"
                 $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-4 --num-train-epochs 4 \
                   --seeds 42,43,44 --output-dir sst2-10k/ft-4ep --quiet
-                for r in kd pkd-skip; do
+                for r in kd pkd-skip pkd-last; do
                   $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --recipe $r --num-train-epochs 4 \
                     --seeds 42,43,44 --output-dir sst2-10k/$r-4ep --quiet
                 done ;;
