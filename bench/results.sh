@@ -423,9 +423,13 @@ step() {
                     --seeds 42,43,44 --output-dir sst2-10k/$r-4ep --quiet
                 done ;;
     cola12-pkd-preset-lr) # --preset pkd's PKD-Skip on CoLA with only the lr raised to hskd's 1e-4 (as step
-                # mrpc12-preset-lr), 3 seeds (after cola12-teacher)
-                $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --preset pkd --recipe pkd-skip \
-                  --student-learning-rate 1e-4 --seeds 42,43,44 --output-dir cola12/pkd-skip-preset-lr1e-4 --quiet ;;
+                # mrpc12-preset-lr), 3 seeds (after cola12-teacher); then with hskd's beta 100, and with hskd's
+                # 'batchmean' KL, to see which of the preset's other settings slows its students
+                P="--teacher cola12/teacher --preset pkd --recipe pkd-skip --student-learning-rate 1e-4 --seeds 42,43,44"
+                $H distill --task CoLA --data-dir "$G" $P --output-dir cola12/pkd-skip-preset-lr1e-4 --quiet
+                $H distill --task CoLA --data-dir "$G" $P --beta 100 --output-dir cola12/pkd-skip-preset-lr1e-4-beta100 --quiet
+                $H distill --task CoLA --data-dir "$G" $P --kd-reduction batchmean \
+                  --output-dir cola12/pkd-skip-preset-lr1e-4-batchmean --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
