@@ -430,6 +430,24 @@ step() {
                 $H distill --task CoLA --data-dir "$G" $P --beta 100 --output-dir cola12/pkd-skip-preset-lr1e-4-beta100 --quiet
                 $H distill --task CoLA --data-dir "$G" $P --kd-reduction batchmean \
                   --output-dir cola12/pkd-skip-preset-lr1e-4-batchmean --quiet ;;
+    sst2-pkd-seeds) # full SST-2 at 3 seeds (issue 12): PKD-Skip and PKD-Last against the sst2-seeds teacher,
+                # 1 epoch as sst2-pkd-skip and sst2-pkd-last trained seed 42 for issue 4
+                for r in pkd-skip pkd-last; do
+                  $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe $r --num-train-epochs 1 \
+                    --seeds 42,43,44 --output-dir sst2/$r --quiet
+                done ;;
+    sst2-ird-seeds) # full SST-2 at 3 seeds (issue 12): IRD's progressive schedule as sst2-ird-progressive
+                # trained seed 42 for issue 4 (3 x 0.34 internal epochs, then 1 kd epoch)
+                $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule progressive \
+                  --stage-epochs 0.34 --num-train-epochs 1 --seeds 42,43,44 --output-dir sst2/ird-progressive --quiet ;;
+    cola12-methods-4ep) # PKD's table on CoLA at the preset's 4 epochs with hskd's defaults, 3 seeds (beside
+                # cola12-pkd-preset and cola12-pkd-preset-lr; 3 epochs: cola12-methods)
+                $H finetune --task CoLA --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 4 \
+                  --seeds 42,43,44 --output-dir cola12/ft-4ep --quiet
+                for r in kd pkd-skip pkd-last; do
+                  $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe $r --num-train-epochs 4 \
+                    --seeds 42,43,44 --output-dir cola12/$r-4ep --quiet
+                done ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -449,7 +467,8 @@ if [ "${1:-}" = all ]; then
            sst2-10k-tinybert-2stage sst2-10k-ird-preset mrpc12-ird-stacked-preset mrpc12-ird-progressive-6ep \
            mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset \
            sst2-10k-tinybert-preset mrpc12-preset-full \
-           cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr sst2-10k-methods-4ep report; do step $s; done
+           cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr sst2-10k-methods-4ep \
+           sst2-pkd-seeds sst2-ird-seeds cola12-methods-4ep report; do step $s; done
 else
   step "$1"
 fi
