@@ -11,6 +11,17 @@ H=${HSKD:-hskd}  # e.g. HSKD="python -m hskd.cli"
 PY=${PYTHON:-python}  # the bench scripts' interpreter, e.g. PYTHON=.venv/bin/python
 # the train vs dev fit of saved models (bench/fit_gap.py), on this GLUE
 fit_gap() { $PY "$REPO/bench/fit_gap.py" --data-dir "$G" "$@"; }
+# PKD's table with hskd's defaults, 3 seeds: FT (lr 1e-4), then KD, PKD-Skip and PKD-Last, each into
+# TEACHER's folder with SUFFIX. Usage: pkd_table TEACHER EPOCHS FT_DIR SUFFIX --task T [options]
+pkd_table() {
+  local teacher=$1 epochs=$2 ft=$3 suffix=$4; shift 4
+  $H finetune --data-dir "$G" "$@" --layers 3 --learning-rate 1e-4 --num-train-epochs "$epochs" \
+    --seeds 42,43,44 --output-dir "$ft" --quiet
+  for r in kd pkd-skip pkd-last; do
+    $H distill --data-dir "$G" "$@" --teacher "$teacher" --recipe $r --num-train-epochs "$epochs" \
+      --seeds 42,43,44 --output-dir "${teacher%/teacher}/$r$suffix" --quiet
+  done
+}
 step() {
   case "$1" in
     sst2-run)   $H run --task SST-2 --data-dir "$G" --num-train-epochs 1 --output-dir sst2 --quiet ;;
@@ -52,12 +63,7 @@ step() {
                     --seeds 42,43,44 --output-dir mrpc12/$r-preset --quiet
                 done ;;
     cola12-methods) # PKD's table on CoLA, 3 seeds, 3 epochs (after cola12-teacher)
-                $H finetune --task CoLA --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 3 \
-                  --seeds 42,43,44 --output-dir cola12/student-finetune --quiet
-                for r in kd pkd-skip pkd-last; do
-                  $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe $r --num-train-epochs 3 \
-                    --seeds 42,43,44 --output-dir "cola12/$r" --quiet
-                done ;;
+                pkd_table cola12/teacher 3 cola12/student-finetune "" --task CoLA ;;
     cola12-methods-2l) # PKD's table at a second student depth: 2 of the teacher's 6 layers (PKD: 3 of 12)
                 $H finetune --task CoLA --data-dir "$G" --layers 2 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir cola12/l2-finetune --quiet
@@ -415,13 +421,7 @@ step() {
                   --seeds 42 --output-dir sst2-10k/ft-lr1e-5-4ep --quiet ;;
     sst2-10k-methods-4ep) # PKD's table on SST-2's first 10,000 rows at the preset's 4 epochs with hskd's
                 # defaults, 3 seeds: FT, KD, PKD-Skip, PKD-Last (beside sst2-10k-pkd-preset; 1 epoch: sst2-10k-methods)
-                N="--max-train-samples 10000"
-                $H finetune --task SST-2 --data-dir "$G" $N --layers 3 --learning-rate 1e-4 --num-train-epochs 4 \
-                  --seeds 42,43,44 --output-dir sst2-10k/ft-4ep --quiet
-                for r in kd pkd-skip pkd-last; do
-                  $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --recipe $r --num-train-epochs 4 \
-                    --seeds 42,43,44 --output-dir sst2-10k/$r-4ep --quiet
-                done ;;
+                pkd_table sst2-10k/teacher 4 sst2-10k/ft-4ep -4ep --task SST-2 --max-train-samples 10000 ;;
     cola12-pkd-preset-lr) # --preset pkd's PKD-Skip on CoLA with only the lr raised to hskd's 1e-4 (as step
                 # mrpc12-preset-lr), 3 seeds (after cola12-teacher); then with hskd's beta 100, and with hskd's
                 # 'batchmean' KL, to see which of the preset's other settings slows its students
@@ -442,12 +442,7 @@ step() {
                   --stage-epochs 0.34 --num-train-epochs 1 --seeds 42,43,44 --output-dir sst2/ird-progressive --quiet ;;
     cola12-methods-4ep) # PKD's table on CoLA at the preset's 4 epochs with hskd's defaults, 3 seeds (beside
                 # cola12-pkd-preset and cola12-pkd-preset-lr; 3 epochs: cola12-methods)
-                $H finetune --task CoLA --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 4 \
-                  --seeds 42,43,44 --output-dir cola12/ft-4ep --quiet
-                for r in kd pkd-skip pkd-last; do
-                  $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe $r --num-train-epochs 4 \
-                    --seeds 42,43,44 --output-dir cola12/$r-4ep --quiet
-                done ;;
+                pkd_table cola12/teacher 4 cola12/ft-4ep -4ep --task CoLA ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
