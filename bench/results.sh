@@ -11,16 +11,21 @@ H=${HSKD:-hskd}  # e.g. HSKD="python -m hskd.cli"
 PY=${PYTHON:-python}  # the bench scripts' interpreter, e.g. PYTHON=.venv/bin/python
 # the train vs dev fit of saved models (bench/fit_gap.py), on this GLUE
 fit_gap() { $PY "$REPO/bench/fit_gap.py" --data-dir "$G" "$@"; }
-# PKD's table with hskd's defaults, 3 seeds: FT (lr 1e-4), then KD, PKD-Skip and PKD-Last, each into
-# TEACHER's folder with SUFFIX. Usage: pkd_table TEACHER EPOCHS FT_DIR SUFFIX --task T [options]
-pkd_table() {
-  local teacher=$1 epochs=$2 ft=$3 suffix=$4; shift 4
-  $H finetune --data-dir "$G" "$@" --layers 3 --learning-rate 1e-4 --num-train-epochs "$epochs" \
-    --seeds 42,43,44 --output-dir "$ft" --quiet
+# PKD's table with hskd's defaults, 3 seeds: KD, PKD-Skip and PKD-Last, each into TEACHER's folder
+# with SUFFIX. Usage: pkd_distill TEACHER EPOCHS SUFFIX --task T [options]
+pkd_distill() {
+  local teacher=$1 epochs=$2 suffix=$3; shift 3
   for r in kd pkd-skip pkd-last; do
     $H distill --data-dir "$G" "$@" --teacher "$teacher" --recipe $r --num-train-epochs "$epochs" \
       --seeds 42,43,44 --output-dir "${teacher%/teacher}/$r$suffix" --quiet
   done
+}
+# The same table with its FT row first (lr 1e-4) into FT_DIR: pkd_table TEACHER EPOCHS FT_DIR SUFFIX --task T [options]
+pkd_table() {
+  local teacher=$1 epochs=$2 ft=$3 suffix=$4; shift 4
+  $H finetune --data-dir "$G" "$@" --layers 3 --learning-rate 1e-4 --num-train-epochs "$epochs" \
+    --seeds 42,43,44 --output-dir "$ft" --quiet
+  pkd_distill "$teacher" "$epochs" "$suffix" "$@"
 }
 step() {
   case "$1" in
@@ -52,10 +57,7 @@ step() {
     mrpc12-finetune) $H finetune --task MRPC --data-dir "$G" --layers 3 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir mrpc12/student-finetune --quiet ;;
     mrpc12-pkd) # PKD's table on MRPC, 3 seeds: KD, PKD-Skip, PKD-Last (FT: step mrpc12-finetune)
-                for r in kd pkd-skip pkd-last; do
-                  $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe $r --num-train-epochs 3 \
-                    --seeds 42,43,44 --output-dir "mrpc12/$r" --quiet
-                done ;;
+                pkd_distill mrpc12/teacher 3 "" --task MRPC ;;
     mrpc12-pkd-preset) # PKD-Skip and PKD-Last with --preset pkd (lr 1e-5, beta 500, 4 epochs), beside step
                 # mrpc12-pkd's defaults
                 for r in pkd-skip pkd-last; do
@@ -80,11 +82,7 @@ step() {
                   --seeds 42,43,44 --output-dir cola12/kd-2ep --quiet ;;
     sst2-10k-methods) # PKD's table on SST-2's first 10,000 rows, 3 seeds, 1 epoch (after
                 # sst2-10k-ird, which trains its teacher and its FT row)
-                N="--max-train-samples 10000"
-                for r in kd pkd-skip pkd-last; do
-                  $H distill --task SST-2 --data-dir "$G" $N --teacher sst2-10k/teacher --recipe $r --num-train-epochs 1 \
-                    --seeds 42,43,44 --output-dir "sst2-10k/$r" --quiet
-                done ;;
+                pkd_distill sst2-10k/teacher 1 "" --task SST-2 --max-train-samples 10000 ;;
     cola12-teacher) # the CoLA teacher as long as dev MCC improves (12 epochs at most, patience 2)
                 $H finetune --task CoLA --data-dir "$G" --num-train-epochs 12 --early-stopping-patience 2 \
                   --output-dir cola12/teacher --quiet ;;
