@@ -161,7 +161,7 @@ step() {
                   --stage-epochs 1 --num-train-epochs 3 --output-dir mrpc-ird-all --quiet ;;
     sst2-pkd-last) $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe pkd-last \
                   --num-train-epochs 1 --output-dir sst2-pkd-last --quiet ;;
-    sst2-ird-*) # one internal epoch in all (every layer at once for 1 epoch; 3 x 0.34 epoch layer by layer),
+    sst2-ird-all|sst2-ird-progressive|sst2-ird-stacked) # one internal epoch in all (every layer at once for 1 epoch; 3 x 0.34 epoch layer by layer),
                 # then 1 epoch of soft labels
                 s=${1#sst2-ird-}; e=1; [ "$s" = all ] || e=0.34
                 $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule "$s" \
@@ -434,10 +434,13 @@ step() {
                   $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe $r --num-train-epochs 1 \
                     --seeds 42,43,44 --output-dir sst2/$r --quiet
                 done ;;
-    sst2-ird-seeds) # full SST-2 at 3 seeds (issue 12): IRD's progressive schedule as sst2-ird-progressive
-                # trained seed 42 for issue 4 (3 x 0.34 internal epochs, then 1 kd epoch)
-                $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule progressive \
-                  --stage-epochs 0.34 --num-train-epochs 1 --seeds 42,43,44 --output-dir sst2/ird-progressive --quiet ;;
+    sst2-ird-seeds) # full SST-2 at 3 seeds (issue 12): Aguilar's three schedules as sst2-ird-{all,progressive,stacked}
+                # trained seed 42 for issue 4 (one internal epoch in all, then 1 kd epoch)
+                for s in all progressive stacked; do
+                  e=1; [ "$s" = all ] || e=0.34
+                  $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule $s \
+                    --stage-epochs $e --num-train-epochs 1 --seeds 42,43,44 --output-dir sst2/ird-$s --quiet
+                done ;;
     cola12-methods-4ep) # PKD's table on CoLA at the preset's 4 epochs with hskd's defaults, 3 seeds (beside
                 # cola12-pkd-preset and cola12-pkd-preset-lr; 3 epochs: cola12-methods)
                 pkd_table cola12/teacher 4 cola12/ft-4ep -4ep --task CoLA ;;
