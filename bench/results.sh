@@ -444,6 +444,9 @@ step() {
     cola12-methods-4ep) # PKD's table on CoLA at the preset's 4 epochs with hskd's defaults, 3 seeds (beside
                 # cola12-pkd-preset and cola12-pkd-preset-lr; 3 epochs: cola12-methods)
                 pkd_table cola12/teacher 4 cola12/ft-4ep -4ep --task CoLA ;;
+    mrpc12-methods-4ep) # PKD's table on MRPC at the preset's 4 epochs with hskd's defaults, 3 seeds (after
+                # mrpc12-teacher; beside mrpc12-pkd-preset and mrpc12-preset-lr; 3 epochs: mrpc12-pkd)
+                pkd_table mrpc12/teacher 4 mrpc12/ft-4ep -4ep --task MRPC ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -464,7 +467,7 @@ if [ "${1:-}" = all ]; then
            mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset \
            sst2-10k-tinybert-preset mrpc12-preset-full \
            cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr sst2-10k-methods-4ep \
-           sst2-pkd-seeds sst2-ird-seeds cola12-methods-4ep report; do step $s; done
+           sst2-pkd-seeds sst2-ird-seeds cola12-methods-4ep mrpc12-methods-4ep report; do step $s; done
 else
   step "$1"
 fi
