@@ -20,6 +20,9 @@ pkd_distill() {
       --seeds 42,43,44 --output-dir "${teacher%/teacher}/$r$suffix" --quiet
   done
 }
+# IRD's internal epochs a stage for an equal budget across schedules: 1 for `all`'s single stage,
+# 0.34 for each of `progressive`'s and `stacked`'s three (3-layer students). Usage: stage_epochs SCHEDULE
+stage_epochs() { if [ "$1" = all ]; then echo 1; else echo 0.34; fi; }
 # The same table with its FT row first (lr 1e-4) into FT_DIR: pkd_table TEACHER EPOCHS FT_DIR SUFFIX --task T [options]
 pkd_table() {
   local teacher=$1 epochs=$2 ft=$3 suffix=$4; shift 4
@@ -74,9 +77,9 @@ step() {
                     --num-train-epochs 3 --seeds 42,43,44 --output-dir "cola12/l2-$r" --quiet
                 done ;;
     cola12-ird) # Aguilar's three schedules on CoLA, 3 seeds, as step mrpc12-ird
-                for s in all progressive stacked; do e=1; [ "$s" = all ] || e=0.34
+                for s in all progressive stacked; do
                   $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe ird --ird-schedule $s \
-                    --stage-epochs $e --num-train-epochs 2 --seeds 42,43,44 --output-dir "cola12/ird-$s" --quiet
+                    --stage-epochs "$(stage_epochs $s)" --num-train-epochs 2 --seeds 42,43,44 --output-dir "cola12/ird-$s" --quiet
                 done  # the control: kd alone for IRD's 2 prediction epochs
                 $H distill --task CoLA --data-dir "$G" --teacher cola12/teacher --recipe kd --num-train-epochs 2 \
                   --seeds 42,43,44 --output-dir cola12/kd-2ep --quiet ;;
@@ -96,9 +99,9 @@ step() {
                 done ;;
     mrpc12-ird) # Aguilar's three schedules on MRPC, 3 seeds: 1 internal epoch in all (every layer at once;
                 # 3 x 0.34 epoch layer by layer), then 2 prediction epochs
-                for s in all progressive stacked; do e=1; [ "$s" = all ] || e=0.34
+                for s in all progressive stacked; do
                   $H distill --task MRPC --data-dir "$G" --teacher mrpc12/teacher --recipe ird --ird-schedule $s \
-                    --stage-epochs $e --num-train-epochs 2 --seeds 42,43,44 --output-dir "mrpc12/ird-$s" --quiet
+                    --stage-epochs "$(stage_epochs $s)" --num-train-epochs 2 --seeds 42,43,44 --output-dir "mrpc12/ird-$s" --quiet
                 done ;;
     cola12-budgets) # MUD's budget table on CoLA, teacher-free, 3 seeds, 3 HSK + 3 prediction epochs
                 $H cache --task CoLA --data-dir "$G" --teacher cola12/teacher --knowledge 4l_64t --student-layers 3 \
@@ -163,18 +166,17 @@ step() {
                   --num-train-epochs 1 --output-dir sst2-pkd-last --quiet ;;
     sst2-ird-all|sst2-ird-progressive|sst2-ird-stacked) # one internal epoch in all (every layer at once for 1 epoch; 3 x 0.34 epoch layer by layer),
                 # then 1 epoch of soft labels
-                s=${1#sst2-ird-}; e=1; [ "$s" = all ] || e=0.34
+                s=${1#sst2-ird-}
                 $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule "$s" \
-                  --stage-epochs $e --num-train-epochs 1 --output-dir "sst2-ird-$s" --quiet ;;
+                  --stage-epochs "$(stage_epochs $s)" --num-train-epochs 1 --output-dir "sst2-ird-$s" --quiet ;;
     cola)       $H run --task CoLA --data-dir "$G" --num-train-epochs 3 --output-dir cola --quiet
                 for r in kd pkd-skip pkd-last; do
                   $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe $r --num-train-epochs 3 \
                     --output-dir "cola-$r" --quiet
                 done
                 for s in all progressive stacked; do
-                  e=1; [ "$s" = all ] || e=0.34
                   $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe ird --ird-schedule $s \
-                    --stage-epochs $e --num-train-epochs 3 --output-dir "cola-ird-$s" --quiet
+                    --stage-epochs "$(stage_epochs $s)" --num-train-epochs 3 --output-dir "cola-ird-$s" --quiet
                 done
                 $H distill --task CoLA --data-dir "$G" --teacher cola/teacher --recipe mud --knowledge 1l_10t_0.1h \
                   --hsk-epochs 3 --num-train-epochs 3 --output-dir cola-mud-1l_10t_0.1h --quiet ;;
@@ -437,9 +439,8 @@ step() {
     sst2-ird-seeds) # full SST-2 at 3 seeds (issue 12): Aguilar's three schedules as sst2-ird-{all,progressive,stacked}
                 # trained seed 42 for issue 4 (one internal epoch in all, then 1 kd epoch)
                 for s in all progressive stacked; do
-                  e=1; [ "$s" = all ] || e=0.34
                   $H distill --task SST-2 --data-dir "$G" --teacher sst2/teacher --recipe ird --ird-schedule $s \
-                    --stage-epochs $e --num-train-epochs 1 --seeds 42,43,44 --output-dir sst2/ird-$s --quiet
+                    --stage-epochs "$(stage_epochs $s)" --num-train-epochs 1 --seeds 42,43,44 --output-dir sst2/ird-$s --quiet
                 done ;;
     cola12-methods-4ep) # PKD's table on CoLA at the preset's 4 epochs with hskd's defaults, 3 seeds (beside
                 # cola12-pkd-preset and cola12-pkd-preset-lr; 3 epochs: cola12-methods)
@@ -447,6 +448,17 @@ step() {
     mrpc12-methods-4ep) # PKD's table on MRPC at the preset's 4 epochs with hskd's defaults, 3 seeds (after
                 # mrpc12-teacher; beside mrpc12-pkd-preset and mrpc12-preset-lr; 3 epochs: mrpc12-pkd)
                 pkd_table mrpc12/teacher 4 mrpc12/ft-4ep -4ep --task MRPC ;;
+    mrpc-deep-teacher) # PKD's 12-layer teacher, stood in for offline: the default backbone with each layer
+                # repeated twice (bench/deepen.py), fine-tuned on MRPC like the mrpc12 teacher
+                $PY "$REPO/bench/deepen.py" minilm-x2
+                $H finetune --task MRPC --data-dir "$G" --model minilm-x2 --num-train-epochs 3 \
+                  --output-dir mrpc-deep/teacher --quiet ;;
+    mrpc-deep-methods) # PKD's table from that 12-layer teacher, 3 seeds, hskd's defaults: 6-layer students
+                # (the default backbone whole), then 3-layer ones (its first 3 layers), as PKD's 12 -> 6, 3.
+                # FT with 3 layers does not depend on the teacher: it is step mrpc12-finetune
+                $H finetune --task MRPC --data-dir "$G" --layers 6 --learning-rate 1e-4 --num-train-epochs 3 \
+                  --seeds 42,43,44 --output-dir mrpc-deep/ft-l6 --quiet
+                for l in 6 3; do pkd_distill mrpc-deep/teacher 3 "-l$l" --task MRPC --student-layers $l; done ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -467,7 +479,8 @@ if [ "${1:-}" = all ]; then
            mrpc12-ird-all-6ep sst2-10k-ird-schedules sst2-10k-ird-progressive-preset sst2-10k-ird-stacked-preset \
            sst2-10k-tinybert-preset mrpc12-preset-full \
            cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr sst2-10k-methods-4ep \
-           sst2-pkd-seeds sst2-ird-seeds cola12-methods-4ep mrpc12-methods-4ep report; do step $s; done
+           sst2-pkd-seeds sst2-ird-seeds cola12-methods-4ep mrpc12-methods-4ep \
+           mrpc-deep-teacher mrpc-deep-methods report; do step $s; done
 else
   step "$1"
 fi
