@@ -460,6 +460,10 @@ step() {
                 $H finetune --task MRPC --data-dir "$G" --layers 6 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir mrpc-deep/ft-l6 --quiet
                 pkd_distill mrpc-deep/teacher 3 -l6 --task MRPC --student-layers 6 ;;
+    mrpc-deep-pkd-preset) # PKD-Skip with --preset pkd (lr 1e-5, beta 500, 4 epochs) on those 6-layer students:
+                # the student depth PKD's lr was chosen for, where the 3-layer ones stayed on the majority class
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc-deep/teacher --preset pkd --recipe pkd-skip \
+                  --student-layers 6 --seeds 42,43,44 --output-dir mrpc-deep/pkd-skip-preset-l6 --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -481,7 +485,7 @@ if [ "${1:-}" = all ]; then
            sst2-10k-tinybert-preset mrpc12-preset-full \
            cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr sst2-10k-methods-4ep \
            sst2-pkd-seeds sst2-ird-seeds cola12-methods-4ep mrpc12-methods-4ep \
-           mrpc-deep-teacher mrpc-deep-methods report; do step $s; done
+           mrpc-deep-teacher mrpc-deep-methods mrpc-deep-pkd-preset report; do step $s; done
 else
   step "$1"
 fi
