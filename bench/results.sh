@@ -450,7 +450,7 @@ step() {
                 pkd_table mrpc12/teacher 4 mrpc12/ft-4ep -4ep --task MRPC ;;
     mrpc-deep-teacher) # PKD's 12-layer teacher, stood in for offline: the default backbone with each layer
                 # repeated twice (bench/deepen.py), fine-tuned on MRPC like the mrpc12 teacher
-                $PY "$REPO/bench/deepen.py" minilm-x2
+                [ -d minilm-x2 ] || $PY "$REPO/bench/deepen.py" minilm-x2
                 $H finetune --task MRPC --data-dir "$G" --model minilm-x2 --num-train-epochs 3 \
                   --output-dir mrpc-deep/teacher --quiet ;;
     mrpc-deep-methods) # PKD's table from that 12-layer teacher with 6-layer students (the default backbone
@@ -465,7 +465,7 @@ step() {
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc-deep/teacher --preset pkd --recipe pkd-skip \
                   --student-layers 6 --seeds 42,43,44 --output-dir mrpc-deep/pkd-skip-preset-l6 --quiet ;;
     report)     for t in sst2 mrpc cola; do
-                  ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep | xargs $H report | tee "report-$t.md"
+                  ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep -e deep | xargs $H report | tee "report-$t.md"
                 done ;;
     *) echo "unknown step $1"; exit 2 ;;
   esac
