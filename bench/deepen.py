@@ -18,14 +18,12 @@ weights are tied).
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
-from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
-from hskd.families import layer_list, set_layer_list
-from hskd.models import resolve_model
+from hskd.families import layer_list
+from hskd.models import keep_layers, resolve_model
 
 
 def deepen(backbone: str | None, repeat: int) -> PreTrainedModel:
@@ -39,12 +37,8 @@ def deepen(backbone: str | None, repeat: int) -> PreTrainedModel:
     if repeat < 1:
         raise SystemExit(f"--repeat {repeat}: give 1 or more")
     model = AutoModel.from_pretrained(resolve_model(backbone))
-    blocks = [copy.deepcopy(block) for block in layer_list(model) for _ in range(repeat)]
-    set_layer_list(model, nn.ModuleList(blocks))
-    model.config.num_hidden_layers = len(blocks)
-    if getattr(model.config, "layer_types", None):  # per-layer attention kinds follow their layer
-        model.config.layer_types = [kind for kind in model.config.layer_types for _ in range(repeat)]
-    for i, block in enumerate(blocks):  # modules that know their layer's index (for caches) get the new one
+    keep_layers(model, [i for i in range(model.config.num_hidden_layers) for _ in range(repeat)])
+    for i, block in enumerate(layer_list(model)):  # modules that know their layer's index (for caches) get the new one
         for module in block.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = i

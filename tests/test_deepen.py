@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModel
 
 from hskd.families import layer_list
+from hskd.models import keep_layers
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "deepen.py"
 
@@ -48,3 +49,13 @@ def test_the_saved_model_loads_and_runs_with_its_new_depth(tiny_backbone: Path, 
 def test_repeat_below_one_is_refused(tiny_backbone: Path) -> None:
     with pytest.raises(SystemExit, match="--repeat 0"):
         _deepen_module().deepen(str(tiny_backbone), repeat=0)
+
+
+def test_a_student_that_keeps_a_layer_twice_gets_an_untied_copy(tiny_backbone: Path) -> None:
+    # the mechanism deepen.py shares with build_student (`--student-layers 0,0`)
+    model = AutoModel.from_pretrained(tiny_backbone)
+    keep_layers(model, [1, 0, 1])
+    first, _, again = layer_list(model)
+    assert model.config.num_hidden_layers == 3
+    assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+               for a, b in zip(first.parameters(), again.parameters(), strict=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -182,12 +183,22 @@ def build_student(backbone: str | None, task: TaskSpec, layers: int | list[int] 
     keep = list(range(layers)) if isinstance(layers, int) else list(layers)
     if not keep or any(i < 0 or i >= total for i in keep):
         raise HskdError(f"--student-layers {layers} is out of range for a {total}-layer backbone")
-    blocks = layer_list(model)
-    set_layer_list(model, nn.ModuleList([blocks[i] for i in keep]))
+    keep_layers(model, keep)
+    return model
+
+
+def keep_layers(model, keep: list[int]) -> None:
+    """Replace ``model``'s transformer layers by those at ``keep`` (0-based, in order), in place,
+    and update ``config.num_hidden_layers`` and per-layer ``layer_types``. An index given more than
+    once gets an untied copy of that layer each further time (tied copies would train as one)."""
+    blocks, seen, kept = layer_list(model), set(), []
+    for i in keep:
+        kept.append(copy.deepcopy(blocks[i]) if i in seen else blocks[i])
+        seen.add(i)
+    set_layer_list(model, nn.ModuleList(kept))
     if getattr(model.config, "layer_types", None):  # per-layer attention kinds (ModernBERT...): the kept ones
         model.config.layer_types = [model.config.layer_types[i] for i in keep]
     model.config.num_hidden_layers = len(keep)
-    return model
 
 
 def vocab_fingerprint(tokenizer) -> str:
