@@ -687,9 +687,13 @@ def test_online_teacher_is_in_eval_mode_whatever_the_trainer_did():
 
 def test_training_batches_are_shuffled_length_groups_not_pkds_sequential_order(tmp_path):
     # PKD (NLI_KD_training.py) trains on a SequentialSampler: the same order every epoch (METHODS
-    # row 17). hskd's stages ask the Trainer for length-grouped batches, drawn in a random order.
+    # row 17). hskd's stages ask the Trainer for length-grouped batches, drawn in a random order;
+    # the Trainer's own --train_sampling_strategy sequential, passed through, gives PKD's order.
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    from hskd.cli import _settings, build_parser
     from hskd.recipes import Stage
     from hskd.tasks import get_task
     from hskd.terms import Objective
@@ -704,6 +708,14 @@ def test_training_batches_are_shuffled_length_groups_not_pkds_sequential_order(t
               for epoch in (0, 1)]
     assert orders[0] != list(range(len(lengths))) and orders[0] != orders[1]
     assert sorted(orders[0]) == list(range(len(lengths)))  # every example once an epoch
+
+    argv = ["distill", "--recipe", "kd", "--device", "cpu", "--train_sampling_strategy", "sequential"]
+    pkd_order = _settings(*build_parser().parse_known_args(argv))
+    args = training_arguments(tmp_path, Stage("kd", 1.0, 1e-4, Objective.of(CTX, ce=1.0)), get_task("SST-2"),
+                              pkd_order, select=True, has_dev=True)
+    rows = [{"input_ids": [2] * n, "labels": 0} for n in lengths]
+    sampler = Trainer(model=_tiny_teacher(), args=args, train_dataset=rows, eval_dataset=rows)._get_train_sampler()
+    assert isinstance(sampler, SequentialSampler) and list(sampler) == list(range(len(lengths)))
 
 
 def test_width_selection_applies_from_the_first_batch():

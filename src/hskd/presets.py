@@ -49,6 +49,8 @@ PRESETS: dict[str, dict] = {
             # kd.cls normalises the patience states; the parser's default (normalize_patience=False)
             # is --pkd-states raw, and run_student_patience.py's grid tries both
             "pkd_states": "normalized",
+            # not set: NLI_KD_training.py's SequentialSampler (the same order every epoch, a bug);
+            # --train_sampling_strategy sequential, the Trainer's own argument, asks for it
         },
     },
     "tinybert": {
