@@ -454,9 +454,7 @@ step() {
                 $H finetune --task MRPC --data-dir "$G" --model minilm-x2 --num-train-epochs 3 \
                   --output-dir mrpc-deep/teacher --quiet ;;
     mrpc-deep-methods) # PKD's table from that 12-layer teacher with 6-layer students (the default backbone
-                # whole), 3 seeds, hskd's defaults, as PKD's 12 -> 6. Its 12 -> 3 rows would be
-                # `pkd_distill mrpc-deep/teacher 3 -l3 --task MRPC --student-layers 3` (FT: step
-                # mrpc12-finetune); not run yet
+                # whole), 3 seeds, hskd's defaults, as PKD's 12 -> 6 (12 -> 3: step mrpc-deep-methods-l3)
                 $H finetune --task MRPC --data-dir "$G" --layers 6 --learning-rate 1e-4 --num-train-epochs 3 \
                   --seeds 42,43,44 --output-dir mrpc-deep/ft-l6 --quiet
                 pkd_distill mrpc-deep/teacher 3 -l6 --task MRPC --student-layers 6 ;;
@@ -464,6 +462,14 @@ step() {
                 # the student depth PKD's lr was chosen for, where the 3-layer ones stayed on the majority class
                 $H distill --task MRPC --data-dir "$G" --teacher mrpc-deep/teacher --preset pkd --recipe pkd-skip \
                   --student-layers 6 --seeds 42,43,44 --output-dir mrpc-deep/pkd-skip-preset-l6 --quiet ;;
+    mrpc-deep-methods-l3) # the 12 -> 3 rows of that table: 3-layer students (the backbone's first 3 layers) of the
+                # 12-layer stand-in, 3 seeds, hskd's defaults (FT-3: step mrpc12-finetune, the same students)
+                pkd_distill mrpc-deep/teacher 3 -l3 --task MRPC --student-layers 3 ;;
+    mrpc-deep-pkd-preset-lr) # --preset pkd's PKD-Skip at hskd's lr 1e-4 on the 6-layer students (as
+                # cola12-pkd-preset-lr on 3-layer ones): is the preset's gap its lr of 1e-5?
+                $H distill --task MRPC --data-dir "$G" --teacher mrpc-deep/teacher --preset pkd --recipe pkd-skip \
+                  --student-layers 6 --student-learning-rate 1e-4 --seeds 42,43,44 \
+                  --output-dir mrpc-deep/pkd-skip-preset-lr1e-4-l6 --quiet ;;
     report)     for t in sst2 mrpc cola; do
                   ls -d $t $t-* 2>/dev/null | grep -v -e cache -e sweep -e deep | xargs $H report | tee "report-$t.md"
                 done ;;
@@ -485,7 +491,8 @@ if [ "${1:-}" = all ]; then
            sst2-10k-tinybert-preset mrpc12-preset-full \
            cola12-pkd-preset sst2-10k-pkd-preset cola12-pkd-preset-lr sst2-10k-methods-4ep \
            sst2-pkd-seeds sst2-ird-seeds cola12-methods-4ep mrpc12-methods-4ep \
-           mrpc-deep-teacher mrpc-deep-methods mrpc-deep-pkd-preset report; do step $s; done
+           mrpc-deep-teacher mrpc-deep-methods mrpc-deep-pkd-preset mrpc-deep-methods-l3 \
+           mrpc-deep-pkd-preset-lr report; do step $s; done
 else
   step "$1"
 fi
