@@ -22,7 +22,6 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
-from hskd.families import layer_list
 from hskd.models import keep_layers, resolve_model
 
 
@@ -38,10 +37,6 @@ def deepen(backbone: str | None, repeat: int) -> PreTrainedModel:
         raise SystemExit(f"--repeat {repeat}: give 1 or more")
     model = AutoModel.from_pretrained(resolve_model(backbone))
     keep_layers(model, [i for i in range(model.config.num_hidden_layers) for _ in range(repeat)])
-    for i, block in enumerate(layer_list(model)):  # modules that know their layer's index (for caches) get the new one
-        for module in block.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = i
     return model
 
 

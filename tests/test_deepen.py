@@ -57,5 +57,6 @@ def test_a_student_that_keeps_a_layer_twice_gets_an_untied_copy(tiny_backbone: P
     keep_layers(model, [1, 0, 1])
     first, _, again = layer_list(model)
     assert model.config.num_hidden_layers == 3
+    assert [block.attention.self.layer_idx for block in layer_list(model)] == [0, 1, 2]  # renumbered
     assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr()
                for a, b in zip(first.parameters(), again.parameters(), strict=True))

@@ -190,11 +190,16 @@ def build_student(backbone: str | None, task: TaskSpec, layers: int | list[int] 
 def keep_layers(model, keep: list[int]) -> None:
     """Replace ``model``'s transformer layers by those at ``keep`` (0-based, in order), in place,
     and update ``config.num_hidden_layers`` and per-layer ``layer_types``. An index given more than
-    once gets an untied copy of that layer each further time (tied copies would train as one)."""
+    once gets an untied copy of that layer each further time (tied copies would train as one).
+    Modules that know their layer's index (``layer_idx``, for key/value caches) get their new one."""
     blocks, seen, kept = layer_list(model), set(), []
     for i in keep:
         kept.append(copy.deepcopy(blocks[i]) if i in seen else blocks[i])
         seen.add(i)
+    for new_index, block in enumerate(kept):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
     set_layer_list(model, nn.ModuleList(kept))
     if getattr(model.config, "layer_types", None):  # per-layer attention kinds (ModernBERT...): the kept ones
         model.config.layer_types = [model.config.layer_types[i] for i in keep]
